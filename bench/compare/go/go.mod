@@ -1,0 +1,3 @@
+module gofincompare
+
+go 1.19

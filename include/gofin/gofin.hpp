@@ -1,0 +1,8 @@
+#pragma once
+// gofin: Go's garbage-collected heap and finalizers for C++. The one header to include.
+#include "gofin/alloc.hpp"
+#include "gofin/allocator.hpp"
+#include "gofin/error.hpp"
+#include "gofin/gc.hpp"
+#include "gofin/root.hpp"
+#include "gofin/thread.hpp"

@@ -1,0 +1,225 @@
+#include "gc/collector.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "gc/marker.hpp"
+#include "gc/pacer.hpp"
+#include "gc/roots.hpp"
+#include "gc/stop_the_world.hpp"
+#include "gc/sweeper.hpp"
+#include "gc/thread_registry.hpp"
+#include "gofin/gc.hpp"
+#include "heap/heap.hpp"
+#include "heap/hooks.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+constinit GcConfig g_config{};
+constinit std::atomic<std::uint64_t> g_num_gc{0};
+constinit std::atomic<std::uint64_t> g_num_forced{0};
+constinit std::atomic<std::uint64_t> g_pause_total{0};
+constinit std::atomic<std::uint64_t> g_last_gc{0};
+constinit std::atomic<std::uint64_t> g_gc_cpu_ns{0};
+
+std::mutex& GcLock() {
+  static std::mutex* m = new std::mutex();  // NOLINT: lives for the process
+  return *m;
+}
+
+std::chrono::steady_clock::time_point StartTime() {
+  static const auto t = std::chrono::steady_clock::now();
+  return t;
+}
+
+RootRangeList& Roots() {
+  static RootRangeList* r = new RootRangeList();  // NOLINT: lives for the process
+  return *r;
+}
+
+std::uint64_t NowNs() {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now() - StartTime())
+                                        .count());
+}
+
+void FlushAllCaches() {
+  std::lock_guard lock(g_heap.lock);
+  for (ThreadCache* c = g_heap.caches; c != nullptr; c = c->next) c->ReleaseAll();
+}
+
+void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp) {
+  ThreadRecord* self = CurrentThreadRecord();
+  for (ThreadRecord* r = RegistryHead(); r != nullptr; r = r->next) {
+    std::uintptr_t sp = r == self ? self_sp : r->stopped_sp.load(std::memory_order_acquire);
+    if (sp == 0) continue;
+    // A thread on another stack (a signal stack, a coroutine) is scanned from its sp to the
+    // end of that region only as far as its registered stack reaches.
+    if (sp < r->stack_lo || sp >= r->stack_hi) continue;
+    roots.Add(sp, r->stack_hi);
+    const auto regs = reinterpret_cast<std::uintptr_t>(&r->regs[0]);
+    roots.Add(regs, regs + sizeof(r->regs));
+  }
+}
+
+struct CycleArgs {
+  bool forced;
+};
+
+// Go: gcStart + gcMarkDone + gcMarkTermination, run on the spilled stack of the thread that
+// triggered the cycle.
+void RunCycle(void* arg, std::uintptr_t sp) {
+  const bool forced = static_cast<CycleArgs*>(arg)->forced;
+  const std::uint64_t t0 = NowNs();
+  FinishSweep();
+  const std::uint64_t heap_before = g_heap.heap_live.load(std::memory_order_relaxed);
+  RootRangeList& roots = Roots();
+  roots.Clear();
+  CollectDataSegments(roots);
+  LockUserRoots();
+  StopTheWorld();
+  const std::uint64_t t1 = NowNs();
+  FlushAllCaches();
+  AddThreadRoots(roots, sp);
+  CollectUserRoots(roots);
+  const MarkResult mark = Mark(roots);
+  const std::uint64_t t2 = NowNs();
+  std::uint64_t non_heap = 0;
+  {
+    std::lock_guard lock(g_heap.lock);
+    non_heap = g_heap.pages.MetadataBytes();
+  }
+  ThePacer().EndCycle(mark.bytes_marked, non_heap);
+  // release: a sweeper that reads the new sweepgen sees this cycle's mark bits.
+  g_heap.sweepgen.fetch_add(2, std::memory_order_release);
+  const std::uint64_t n = g_num_gc.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (forced) g_num_forced.fetch_add(1, std::memory_order_relaxed);
+  StartTheWorld();
+  UnlockUserRoots();
+  const std::uint64_t t3 = NowNs();
+  const std::uint64_t pause = t3 - t1;
+  g_pause_total.fetch_add(pause, std::memory_order_relaxed);
+  g_last_gc.store(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                 std::chrono::system_clock::now().time_since_epoch())
+                                                 .count()),
+                  std::memory_order_relaxed);
+  g_gc_cpu_ns.fetch_add((t1 - t0) + (t2 - t1) * static_cast<std::uint64_t>(mark.workers) +
+                            (t3 - t2),
+                        std::memory_order_relaxed);
+  const std::uint64_t goal = ThePacer().Goal();
+  SetScavengeGoal(goal + goal / 10 + (std::uint64_t{4} << 20));
+  WakeBackgroundSweeper();
+  if (g_config.gctrace) {
+    // Go's gctrace line (runtime/extern.go documents the fields). gofin's mark runs with the
+    // world stopped, so the first and last phases are the stop and the restart.
+    const double ms = 1e6;
+    const std::uint64_t elapsed = t3 == 0 ? 1 : t3;
+    const unsigned ncpu = std::max(1U, std::thread::hardware_concurrency());
+    const auto pct = static_cast<unsigned>(
+        100.0 * static_cast<double>(g_gc_cpu_ns.load()) / (static_cast<double>(elapsed) * ncpu));
+    std::fprintf(stderr,
+                 "gc %llu @%.3fs %u%%: %.3f+%.3f+%.3f ms clock, %.3f+%.3f/%.3f/0+%.3f ms cpu, "
+                 "%llu->%llu->%llu MB, %llu MB goal, 0 MB stacks, 0 MB globals, %d P%s\n",
+                 static_cast<unsigned long long>(n), static_cast<double>(t3) / 1e9, pct,
+                 static_cast<double>(t1 - t0) / ms, static_cast<double>(t2 - t1) / ms,
+                 static_cast<double>(t3 - t2) / ms, static_cast<double>(t1 - t0) / ms,
+                 static_cast<double>(t2 - t1) / ms,
+                 static_cast<double>((t2 - t1) * static_cast<std::uint64_t>(mark.workers - 1)) / ms,
+                 static_cast<double>(t3 - t2) / ms,
+                 static_cast<unsigned long long>(heap_before >> 20),
+                 static_cast<unsigned long long>(mark.bytes_marked >> 20),
+                 static_cast<unsigned long long>(mark.bytes_marked >> 20),
+                 static_cast<unsigned long long>(goal >> 20), mark.workers,
+                 forced ? " (forced)" : "");
+  }
+}
+
+void Collect(bool forced) {
+  CycleArgs args{forced};
+  gofin_spill_registers_and_call(&args, &RunCycle);
+}
+
+// A collection started from inside a sweep (a destructor) would wait for that sweep.
+bool MayCollectHere() { return t_local.guard_depth == 0 && t_local.in_gc_user_code == 0; }
+
+}  // namespace
+
+const GcConfig& Config() { return g_config; }
+
+void EnsureCollectorInitialized() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    (void)StartTime();
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int workers = ncpu > 0 ? static_cast<int>(ncpu) : 1;
+    if (const char* w = std::getenv("GOFIN_GCWORKERS")) {
+      const int v = std::atoi(w);
+      if (v > 0) workers = std::min(v, 256);
+    }
+    g_config.workers = workers;
+    if (const char* d = std::getenv("GOFIN_DEBUG")) {
+      g_config.gctrace = std::strstr(d, "gctrace=1") != nullptr;
+    }
+    ThePacer().InitFromEnv();
+    InitStopTheWorld();
+    InitMarkWorkers(workers);
+  });
+}
+
+CycleCounters Counters() {
+  return CycleCounters{g_num_gc.load(), g_num_forced.load(), g_pause_total.load(),
+                       g_last_gc.load()};
+}
+
+void MaybeStartGC() {
+  if (!MayCollectHere()) return;
+  std::unique_lock lock(GcLock(), std::try_to_lock);
+  if (!lock.owns_lock()) return;  // a collection is under way: it resets the trigger
+  if (g_heap.heap_live.load(std::memory_order_relaxed) <
+      g_heap.gc_trigger.load(std::memory_order_relaxed)) {
+    return;
+  }
+  Collect(false);
+}
+
+bool CollectForOOM() {
+  if (!MayCollectHere()) return false;
+  RegisterThread();
+  std::lock_guard lock(GcLock());
+  Collect(true);
+  FinishSweep();
+  return true;
+}
+
+void WithWorldStopped(void (*fn)(void*), void* arg) {
+  EnsureCollectorInitialized();
+  RegisterThread();
+  std::lock_guard lock(GcLock());
+  StopTheWorld();
+  FlushAllCaches();
+  fn(arg);
+  StartTheWorld();
+}
+
+}  // namespace gofin::internal
+
+namespace gofin {
+
+void GC() {
+  internal::RegisterThread();
+  // From a destructor the sweeper runs, a collection would wait for itself: do nothing.
+  if (!internal::MayCollectHere()) return;
+  std::lock_guard lock(internal::GcLock());
+  internal::Collect(true);
+  internal::FinishSweep();
+}
+
+}  // namespace gofin

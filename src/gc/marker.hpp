@@ -1,0 +1,56 @@
+#pragma once
+// Go: mgcmark.go (markroot, scanblock, scanobject, greyobject, gcDrain) and the worker side of
+// mgc.go (gcBgMarkWorker). gofin marks with the world stopped, on up to GOFIN_GCWORKERS
+// threads; every word is a candidate pointer (conservative), interior pointers included.
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "gc/roots.hpp"
+#include "gc/work_queue.hpp"
+
+namespace gofin::internal {
+
+struct Span;
+
+// One mark worker's view: its queue and counters. The specials layer marks through it.
+class MarkWorker {
+ public:
+  MarkWorker(WorkQueue& q, std::atomic<bool>& overflow) : queue_(q), overflow_(overflow) {}
+
+  // Go: scanblock. Every word of [lo, hi) that points into an allocated object greys it.
+  void ScanRange(std::uintptr_t lo, std::uintptr_t hi);
+  // Go: greyobject via findObject. Marks the object containing p, if any.
+  void MarkPointer(std::uintptr_t p);
+  // Scans an object's words without marking the object itself (Go: markrootSpans does this
+  // for objects with finalizers: what they reference lives, they themselves may die).
+  void ScanObjectContents(std::uintptr_t base);
+  // Go: gcDrain. Scans grey objects until none are left locally or to steal.
+  void Drain(const std::atomic<int>* idle_workers);
+
+  [[nodiscard]] std::uint64_t BytesMarked() const { return bytes_marked_; }
+
+ private:
+  void ScanObject(std::uintptr_t obj);
+
+  WorkQueue& queue_;
+  std::atomic<bool>& overflow_;
+  std::uint64_t bytes_marked_ = 0;
+};
+
+// Go: markrootSpans and friends, supplied by the specials layer: called once per cycle on
+// one worker after the roots are queued.
+using ExtraRootsFn = void (*)(MarkWorker& w);
+void SetExtraRootsHook(ExtraRootsFn fn);
+
+struct MarkResult {
+  std::uint64_t bytes_marked = 0;
+  int workers = 0;
+};
+
+// Starts the worker threads (before any stop: thread creation may allocate).
+void InitMarkWorkers(int nworkers);
+// The mark phase; the world is stopped and roots holds every root range.
+MarkResult Mark(const RootRangeList& roots);
+
+}  // namespace gofin::internal

@@ -1,0 +1,128 @@
+#include "gc/pacer.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "gc/collector.hpp"
+#include "gofin/gc.hpp"
+#include "heap/heap.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+constexpr std::uint64_t kHeapMinimum = 4 << 20;  // Go: defaultHeapMinimum
+
+constinit std::atomic<int> g_gcpercent{100};
+constinit std::atomic<std::int64_t> g_memlimit{kNoMemoryLimit};
+constinit std::atomic<std::uint64_t> g_goal{kHeapMinimum};
+constinit std::atomic<std::uint64_t> g_non_heap{0};
+
+// Go: parseByteCount (GOMEMLIMIT): a number with an optional B/KiB/MiB/GiB/TiB suffix.
+std::int64_t ParseByteCount(const char* s) {
+  char* end = nullptr;
+  const long long v = std::strtoll(s, &end, 10);
+  if (end == s || v < 0) return -1;
+  const std::string unit(end);
+  std::int64_t mult = 1;
+  if (unit.empty() || unit == "B") {
+    mult = 1;
+  } else if (unit == "KiB") {
+    mult = std::int64_t{1} << 10;
+  } else if (unit == "MiB") {
+    mult = std::int64_t{1} << 20;
+  } else if (unit == "GiB") {
+    mult = std::int64_t{1} << 30;
+  } else if (unit == "TiB") {
+    mult = std::int64_t{1} << 40;
+  } else {
+    return -1;
+  }
+  if (v > INT64_MAX / mult) return kNoMemoryLimit;
+  return v * mult;
+}
+
+}  // namespace
+
+Pacer& ThePacer() {
+  static constinit Pacer pacer;
+  return pacer;
+}
+
+void Pacer::InitFromEnv() {
+  if (const char* g = std::getenv("GOFIN_GOGC")) {
+    if (std::strcmp(g, "off") == 0) {
+      g_gcpercent.store(-1);
+    } else if (*g != '\0') {
+      g_gcpercent.store(std::atoi(g));
+    }
+  }
+  if (const char* m = std::getenv("GOFIN_MEMLIMIT")) {
+    if (std::strcmp(m, "off") != 0) {
+      const std::int64_t v = ParseByteCount(m);
+      if (v >= 0) g_memlimit.store(v);
+    }
+  }
+  Recompute(0);
+}
+
+void Pacer::Recompute(std::uint64_t non_heap_sys) {
+  g_non_heap.store(non_heap_sys, std::memory_order_relaxed);
+  const int percent = g_gcpercent.load(std::memory_order_relaxed);
+  const std::uint64_t marked = g_heap.heap_marked.load(std::memory_order_relaxed);
+  std::uint64_t goal = UINT64_MAX;
+  if (percent >= 0) {
+    const std::uint64_t minimum = kHeapMinimum * static_cast<std::uint64_t>(percent) / 100;
+    goal = std::max(marked + marked * static_cast<std::uint64_t>(percent) / 100, minimum);
+  }
+  const std::int64_t limit = g_memlimit.load(std::memory_order_relaxed);
+  if (limit != kNoMemoryLimit) {
+    // Go: memoryLimitHeapGoal. What the limit leaves for the heap once gofin's other memory
+    // is counted; never below the live heap plus a sliver, so that a limit that cannot be
+    // met makes collections frequent rather than continuous.
+    const auto lim = static_cast<std::uint64_t>(limit);
+    std::uint64_t limit_goal = lim > non_heap_sys ? lim - non_heap_sys : 0;
+    limit_goal = std::max(limit_goal, marked + marked / 16 + (1 << 20));
+    goal = std::min(goal, limit_goal);
+  }
+  g_goal.store(goal, std::memory_order_relaxed);
+  g_heap.gc_trigger.store(goal, std::memory_order_relaxed);
+}
+
+void Pacer::EndCycle(std::uint64_t heap_marked, std::uint64_t non_heap_sys) {
+  g_heap.heap_marked.store(heap_marked, std::memory_order_relaxed);
+  g_heap.heap_live.store(heap_marked, std::memory_order_relaxed);
+  Recompute(non_heap_sys);
+}
+
+int Pacer::SetGCPercent(int percent) {
+  const int old = g_gcpercent.exchange(percent < 0 ? -1 : percent);
+  Recompute(g_non_heap.load(std::memory_order_relaxed));
+  return old;
+}
+
+std::int64_t Pacer::SetMemoryLimit(std::int64_t limit) {
+  if (limit < 0) return g_memlimit.load();
+  const std::int64_t old = g_memlimit.exchange(limit);
+  Recompute(g_non_heap.load(std::memory_order_relaxed));
+  return old;
+}
+
+std::uint64_t Pacer::Goal() const { return g_goal.load(std::memory_order_relaxed); }
+int Pacer::GCPercent() const { return g_gcpercent.load(std::memory_order_relaxed); }
+
+}  // namespace gofin::internal
+
+namespace gofin::debug {
+int SetGCPercent(int percent) {
+  internal::EnsureCollectorInitialized();  // the environment first, so that this call wins
+  return internal::ThePacer().SetGCPercent(percent);
+}
+std::int64_t SetMemoryLimit(std::int64_t limit) {
+  internal::EnsureCollectorInitialized();
+  return internal::ThePacer().SetMemoryLimit(limit);
+}
+}  // namespace gofin::debug

@@ -1,0 +1,158 @@
+#include "gc/roots.hpp"
+
+#include <link.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#include "gc/thread_registry.hpp"
+#include "gofin/root.hpp"
+#include "heap/os_memory.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+constexpr std::uintptr_t kChunkBytes = 256 * 1024;  // a marking job's share of a segment
+
+// Root<T> slots: chunks of 4096 words in metadata memory. A free slot holds the next free
+// slot's address (metadata, never a heap address), so the marker scans chunks whole.
+constexpr std::size_t kSlotsPerChunk = 4096;
+struct SlotChunk {
+  void* slots[kSlotsPerChunk];
+  SlotChunk* next;
+};
+
+struct UserRoots {
+  std::mutex lock;
+  SlotChunk* chunks = nullptr;
+  void** free = nullptr;
+  RootRange* ranges = nullptr;  // AddRoots, in metadata memory
+  std::size_t nranges = 0;
+  std::size_t capranges = 0;
+};
+
+UserRoots& Roots() {
+  static UserRoots* r = ::new (os::MapMetadata(sizeof(UserRoots))) UserRoots();
+  return *r;
+}
+
+}  // namespace
+
+void RootRangeList::Add(std::uintptr_t lo, std::uintptr_t hi) {
+  lo = (lo + sizeof(void*) - 1) & ~(sizeof(void*) - 1);
+  hi &= ~(sizeof(void*) - 1);
+  if (hi <= lo) return;
+  if (size_ == capacity_) {
+    const std::size_t cap = capacity_ == 0 ? 1024 : capacity_ * 2;
+    void* p = os::MapMetadata(cap * sizeof(RootRange));
+    if (p == nullptr) throw std::bad_alloc();
+    if (ranges_ != nullptr) {
+      std::memcpy(p, ranges_, size_ * sizeof(RootRange));
+      os::Unmap(ranges_, capacity_ * sizeof(RootRange));
+    }
+    ranges_ = static_cast<RootRange*>(p);
+    capacity_ = cap;
+  }
+  ranges_[size_++] = RootRange{lo, hi};
+}
+
+void CollectDataSegments(RootRangeList& out) {
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t /*size*/, void* data) -> int {
+        auto* list = static_cast<RootRangeList*>(data);
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) == 0) continue;
+          const std::uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+          const std::uintptr_t hi = lo + ph.p_memsz;
+          for (std::uintptr_t p = lo; p < hi; p += kChunkBytes) {
+            list->Add(p, std::min(hi, p + kChunkBytes));
+          }
+        }
+        return 0;
+      },
+      &out);
+}
+
+void LockUserRoots() { Roots().lock.lock(); }
+void UnlockUserRoots() { Roots().lock.unlock(); }
+
+void CollectUserRoots(RootRangeList& out) {
+  UserRoots& r = Roots();
+  for (SlotChunk* c = r.chunks; c != nullptr; c = c->next) {
+    const auto lo = reinterpret_cast<std::uintptr_t>(&c->slots[0]);
+    out.Add(lo, lo + sizeof(c->slots));
+  }
+  for (std::size_t i = 0; i < r.nranges; ++i) out.Add(r.ranges[i].lo, r.ranges[i].hi);
+}
+
+}  // namespace gofin::internal
+
+namespace gofin {
+
+void AddRoots(const void* begin, const void* end) {
+  auto& r = internal::Roots();
+  std::lock_guard lock(r.lock);
+  if (r.nranges == r.capranges) {
+    const std::size_t cap = r.capranges == 0 ? 64 : r.capranges * 2;
+    void* p = internal::os::MapMetadata(cap * sizeof(internal::RootRange));
+    if (p == nullptr) throw std::bad_alloc();
+    if (r.ranges != nullptr) {
+      std::memcpy(p, r.ranges, r.nranges * sizeof(internal::RootRange));
+      internal::os::Unmap(r.ranges, r.capranges * sizeof(internal::RootRange));
+    }
+    r.ranges = static_cast<internal::RootRange*>(p);
+    r.capranges = cap;
+  }
+  r.ranges[r.nranges++] = internal::RootRange{reinterpret_cast<std::uintptr_t>(begin),
+                                              reinterpret_cast<std::uintptr_t>(end)};
+}
+
+void RemoveRoots(const void* begin, const void* end) {
+  auto& r = internal::Roots();
+  std::lock_guard lock(r.lock);
+  const auto lo = reinterpret_cast<std::uintptr_t>(begin);
+  const auto hi = reinterpret_cast<std::uintptr_t>(end);
+  for (std::size_t i = 0; i < r.nranges; ++i) {
+    if (r.ranges[i].lo == lo && r.ranges[i].hi == hi) {
+      r.ranges[i] = r.ranges[--r.nranges];
+      return;
+    }
+  }
+}
+
+namespace detail {
+
+void** AcquireRootSlot() {
+  // A thread that holds a root is a mutator: it must stop while the marker reads the slot.
+  internal::RegisterThread();
+  auto& r = internal::Roots();
+  std::lock_guard lock(r.lock);
+  if (r.free == nullptr) {
+    void* mem = internal::os::MapMetadata(sizeof(internal::SlotChunk));
+    if (mem == nullptr) throw std::bad_alloc();
+    auto* c = static_cast<internal::SlotChunk*>(mem);
+    for (std::size_t i = 0; i + 1 < internal::kSlotsPerChunk; ++i) c->slots[i] = &c->slots[i + 1];
+    c->slots[internal::kSlotsPerChunk - 1] = nullptr;
+    c->next = r.chunks;
+    r.chunks = c;
+    r.free = &c->slots[0];
+  }
+  void** slot = r.free;
+  r.free = static_cast<void**>(*slot);
+  *slot = nullptr;
+  return slot;
+}
+
+void ReleaseRootSlot(void** slot) noexcept {
+  auto& r = internal::Roots();
+  std::lock_guard lock(r.lock);
+  *slot = static_cast<void*>(r.free);
+  r.free = slot;
+}
+
+}  // namespace detail
+}  // namespace gofin

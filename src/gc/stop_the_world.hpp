@@ -1,0 +1,26 @@
+#pragma once
+// Go: stopTheWorld / startTheWorld (proc.go) and async preemption (preempt.go, signal_unix.go).
+// A signal stops every registered thread wherever it is (a tight loop, a blocking system
+// call); the handler saves the registers to the thread's record, publishes its stack pointer,
+// acknowledges and waits. A thread inside one of gofin's critical regions defers the stop to
+// the region's end (heap/safepoint.hpp).
+#include <cstdint>
+
+namespace gofin::internal {
+
+struct ThreadRecord;
+
+// Installs the signal handler; idempotent.
+void InitStopTheWorld();
+// Stops every registered thread but the caller. The caller holds the collector's mutex, no
+// StwGuard and no critical region. Returns with RegistryLock() held.
+void StopTheWorld();
+// Resumes them and releases RegistryLock().
+void StartTheWorld();
+
+// Pushes the callee-saved registers on the stack and calls fn(arg, sp) with the lowest
+// address holding them: scanning [sp, stack base) then covers every register the caller had.
+using SpilledFn = void (*)(void* arg, std::uintptr_t sp);
+extern "C" void gofin_spill_registers_and_call(void* arg, SpilledFn fn);
+
+}  // namespace gofin::internal

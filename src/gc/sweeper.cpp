@@ -1,0 +1,178 @@
+#include "gc/sweeper.hpp"
+
+#include <bit>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "heap/central.hpp"
+#include "heap/heap.hpp"
+#include "heap/hooks.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+constinit std::atomic<SweepSpecialsFn> g_sweep_specials{nullptr};
+constinit std::atomic<std::uint64_t> g_scavenge_goal{0};
+
+struct Background {
+  std::mutex lock;
+  std::condition_variable wake;
+  std::uint64_t requested = 0;
+  bool started = false;
+};
+Background& Bg() {
+  static Background* b = new Background();  // NOLINT: lives for the process
+  return *b;
+}
+
+// Sweeper-run destructors are user code: while they run, an allocation must not start a
+// collection (it would wait for this very sweep).
+class InGcUserCode {
+ public:
+  InGcUserCode() { ++t_local.in_gc_user_code; }
+  ~InGcUserCode() { --t_local.in_gc_user_code; }
+  InGcUserCode(const InGcUserCode&) = delete;
+  InGcUserCode& operator=(const InGcUserCode&) = delete;
+};
+
+std::size_t PopCount(const std::uint8_t* bits, std::size_t nbits) {
+  std::size_t n = 0;
+  const std::size_t nbytes = (nbits + 7) / 8;
+  for (std::size_t i = 0; i < nbytes; ++i) n += static_cast<std::size_t>(std::popcount(bits[i]));
+  return n;
+}
+
+void RunDestructors(Span* s) {
+  if (s->large) {
+    if (s->large_dtor.fn != nullptr) {
+      InGcUserCode user;
+      s->large_dtor.fn(reinterpret_cast<void*>(s->start), s->large_dtor.count);
+      s->large_dtor = {};
+    }
+    return;
+  }
+  if (s->dtors == nullptr) return;
+  InGcUserCode user;
+  for (std::size_t i = 0; i < s->nelems; ++i) {
+    DtorSlot& d = s->dtors[i];
+    if (d.fn == nullptr || s->IsMarked(i) || !s->IsAllocated(i)) continue;
+    const DtorSlot run = d;
+    d = {};
+    run.fn(reinterpret_cast<void*>(s->ObjBase(i)), run.count);
+  }
+}
+
+void SweepOneClaimed(Span* s) { SweepSpan(s, /*preserve=*/false); }
+
+void BackgroundSweeper() {
+  Background& b = Bg();
+  std::uint64_t done = 0;
+  for (;;) {
+    {
+      std::unique_lock lock(b.lock);
+      b.wake.wait(lock, [&] { return b.requested != done; });
+      done = b.requested;
+    }
+    // Go: bgsweep. One span per guard, so a collection waits for at most one span.
+    std::size_t cursor = 0;
+    for (;;) {
+      StwGuard guard;
+      Span* s = NextSpanForSweep(cursor);
+      if (s == nullptr) break;
+      SweepOneClaimed(s);
+    }
+    // Go: bgscavenge, folded in: return idle memory beyond the goal to the OS.
+    const std::uint64_t goal = g_scavenge_goal.load(std::memory_order_relaxed);
+    if (goal != 0) {
+      StwGuard guard;
+      std::lock_guard lock(g_heap.lock);
+      g_heap.pages.ScavengeTo(goal, g_heap.arenas);
+    }
+  }
+}
+
+}  // namespace
+
+void SetSweepSpecialsHook(SweepSpecialsFn fn) {
+  g_sweep_specials.store(fn, std::memory_order_release);
+}
+
+void SetScavengeGoal(std::uint64_t bytes) {
+  g_scavenge_goal.store(bytes, std::memory_order_relaxed);
+}
+
+bool SweepSpan(Span* s, bool preserve) {
+  const std::uint32_t sg = g_heap.sweepgen.load(std::memory_order_relaxed);
+  if (s->specials != nullptr) {
+    if (SweepSpecialsFn fn = g_sweep_specials.load(std::memory_order_acquire)) fn(s);
+  }
+  const std::size_t sizeclass = s->spanclass.SizeClass();
+  if (s->large) {
+    if (s->IsMarked(0)) {
+      s->mark_bits[0] = 0;
+      s->sweepgen.store(sg, std::memory_order_release);
+      g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_relaxed);
+      if (!preserve) FileSweptSpan(s);
+      return true;
+    }
+    RunDestructors(s);
+    g_heap.nfree_large.fetch_add(1, std::memory_order_relaxed);
+    g_heap.bytes_free_large.fetch_add(s->elemsize, std::memory_order_relaxed);
+    s->sweepgen.store(sg, std::memory_order_release);
+    FreeSpanToHeap(s);
+    g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+
+  RunDestructors(s);
+  // Go: the bitmap swap at the end of mspan.sweep. The mark bits become the allocation bits;
+  // the old allocation bits, cleared, become the next cycle's mark bits.
+  const std::size_t nalloc = PopCount(s->mark_bits, s->nelems);
+  const std::size_t nfreed = s->alloc_count - nalloc;
+  std::swap(s->alloc_bits, s->mark_bits);
+  std::memset(s->mark_bits, 0, kBitmapBytes + 8);
+  s->freeindex = 0;
+  s->alloc_count = static_cast<std::uint32_t>(nalloc);
+  s->RefillAllocCache(0);
+  if (nfreed > 0) {
+    s->needzero = true;
+    g_heap.nfree_small[sizeclass].fetch_add(nfreed, std::memory_order_relaxed);
+  }
+  // release: the swept bitmaps are visible to whoever sees the new sweepgen.
+  s->sweepgen.store(sg, std::memory_order_release);
+  g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_relaxed);
+  if (preserve) return true;
+  if (nalloc == 0) {
+    FreeSpanToHeap(s);
+    return false;
+  }
+  FileSweptSpan(s);
+  return true;
+}
+
+void FinishSweep() {
+  std::size_t cursor = 0;
+  for (;;) {
+    StwGuard guard;
+    Span* s = NextSpanForSweep(cursor);
+    if (s == nullptr) break;
+    SweepOneClaimed(s);
+  }
+  while (g_heap.sweeps_in_flight.load(std::memory_order_acquire) != 0) sched_yield();
+}
+
+void WakeBackgroundSweeper() {
+  Background& b = Bg();
+  std::lock_guard lock(b.lock);
+  if (!b.started) {
+    std::thread(BackgroundSweeper).detach();
+    b.started = true;
+  }
+  ++b.requested;
+  b.wake.notify_one();
+}
+
+}  // namespace gofin::internal

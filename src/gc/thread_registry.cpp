@@ -1,0 +1,115 @@
+#include "gc/thread_registry.hpp"
+
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "gc/collector.hpp"
+#include "gofin/detail/runtime.hpp"
+#include "heap/fixalloc.hpp"
+#include "heap/heap.hpp"
+#include "heap/hooks.hpp"
+#include "heap/safepoint.hpp"
+#include "heap/thread_cache.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+constinit ThreadRecord* g_threads = nullptr;
+constinit FixAlloc<ThreadRecord> g_record_alloc{};
+constinit std::atomic<std::size_t> g_thread_count{0};
+
+// Unregisters the thread when it exits (thread_local destructors run on every normal exit).
+struct ExitGuard {
+  bool armed = false;
+  ~ExitGuard() {
+    if (armed) UnregisterThread();
+  }
+};
+thread_local ExitGuard t_exit_guard;
+
+void StackBounds(std::uintptr_t& lo, std::uintptr_t& hi) {
+  pthread_attr_t attr;
+  void* addr = nullptr;
+  std::size_t size = 0;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &addr, &size);
+    pthread_attr_destroy(&attr);
+  }
+  lo = reinterpret_cast<std::uintptr_t>(addr);
+  hi = lo + size;
+}
+
+}  // namespace
+
+std::mutex& RegistryLock() {
+  // Never destroyed: threads may exit after static destructors ran.
+  static std::mutex* lock = new std::mutex();  // NOLINT(cppcoreguidelines-owning-memory)
+  return *lock;
+}
+
+ThreadRecord* RegistryHead() { return g_threads; }
+
+ThreadRecord* CurrentThreadRecord() { return static_cast<ThreadRecord*>(t_local.record); }
+
+std::size_t RegisteredThreadCount() { return g_thread_count.load(std::memory_order_relaxed); }
+
+bool RegisterThread() {
+  if (t_local.record != nullptr) return false;
+  EnsureCollectorInitialized();
+  std::uintptr_t lo = 0;
+  std::uintptr_t hi = 0;
+  StackBounds(lo, hi);
+  ThreadCache* cache = t_local.cache != nullptr ? t_local.cache : NewThreadCache();
+  {
+    std::lock_guard lock(RegistryLock());
+    ThreadRecord* r = g_record_alloc.Alloc();
+    r->thread = pthread_self();
+    r->tid = static_cast<pid_t>(syscall(SYS_gettid));
+    r->stack_lo = lo;
+    r->stack_hi = hi;
+    r->cache = cache;
+    r->next = g_threads;
+    if (g_threads != nullptr) g_threads->prev = r;
+    g_threads = r;
+    t_local.cache = cache;
+    t_local.record = r;
+    g_thread_count.fetch_add(1, std::memory_order_relaxed);
+  }
+  t_exit_guard.armed = true;
+  return true;
+}
+
+void UnregisterThread() {
+  auto* r = static_cast<ThreadRecord*>(t_local.record);
+  if (r == nullptr) return;
+  // The cache goes first, while the thread is still registered: its spans return to the
+  // central lists (the guard inside keeps a collection from catching it half-way).
+  if (t_local.cache != nullptr) {
+    FreeThreadCache(t_local.cache);
+    t_local.cache = nullptr;
+  }
+  std::lock_guard lock(RegistryLock());
+  if (r->prev != nullptr) {
+    r->prev->next = r->next;
+  } else {
+    g_threads = r->next;
+  }
+  if (r->next != nullptr) r->next->prev = r->prev;
+  t_local.record = nullptr;
+  g_record_alloc.Free(r);
+  g_thread_count.fetch_sub(1, std::memory_order_relaxed);
+  t_exit_guard.armed = false;
+}
+
+ThreadCache* AttachCurrentThread() {
+  RegisterThread();
+  return t_local.cache;
+}
+
+}  // namespace gofin::internal
+
+namespace gofin::detail {
+bool RegisterCurrentThread() { return internal::RegisterThread(); }
+void UnregisterCurrentThread() { internal::UnregisterThread(); }
+}  // namespace gofin::detail

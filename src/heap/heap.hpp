@@ -1,0 +1,97 @@
+#pragma once
+// Go: mheap_ (mheap.go). The one heap: page allocator, arena index, central lists, the sweep
+// generation, and the counters MemStats and the pacer read.
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <sched.h>
+
+#include "heap/arena.hpp"
+#include "heap/central.hpp"
+#include "heap/fixalloc.hpp"
+#include "heap/lock.hpp"
+#include "heap/page_heap.hpp"
+#include "heap/size_classes.hpp"
+#include "heap/thread_cache.hpp"
+
+namespace gofin::internal {
+
+// Go: mheap
+struct Heap {
+  SpinLock lock;  // Go: mheap_.lock: page heap, cache records, destructor tables
+  PageHeap pages;
+  ArenaIndex arenas;
+  Central central[kNumSpanClasses];
+  FixAlloc<ThreadCache> cache_alloc;
+  ThreadCache* caches = nullptr;  // every live thread's cache (under lock)
+
+  // Go: mheap_.sweepgen. Starts at 2 so that sg-2 never wraps.
+  std::atomic<std::uint32_t> sweepgen{2};
+  // Threads inside a StwGuard, and the collector's intent to stop the world.
+  std::atomic<std::int32_t> stw_blockers{0};
+  std::atomic<bool> world_stopping{false};
+  // Spans claimed for sweeping (sweepgen sg-1) whose sweep has not finished; GC() waits for
+  // zero once the unswept lists are empty.
+  std::atomic<std::int32_t> sweeps_in_flight{0};
+
+  // Go: gcController.heapLive: bytes in spans handed to caches plus large objects, since the
+  // last mark, plus what that mark found live. Relaxed: a pacing estimate, not a fence.
+  std::atomic<std::uint64_t> heap_live{0};
+  std::atomic<std::uint64_t> heap_marked{0};
+  std::atomic<std::uint64_t> gc_trigger{4 << 20};
+
+  // MemStats counters (Go: consistentHeapStats, simplified). Small objects are counted at
+  // refill for the whole span and corrected at uncache, as Go does.
+  std::atomic<std::uint64_t> nmalloc_small[kNumSizeClasses]{};
+  std::atomic<std::uint64_t> nfree_small[kNumSizeClasses]{};
+  std::atomic<std::uint64_t> nmalloc_large{0};
+  std::atomic<std::uint64_t> nfree_large{0};
+  std::atomic<std::uint64_t> bytes_malloc_large{0};
+  std::atomic<std::uint64_t> bytes_free_large{0};
+  std::atomic<std::uint64_t> tiny_allocs{0};  // from exited threads' caches
+};
+
+extern constinit Heap g_heap;
+
+// The tiny allocator's span class: 16-byte noscan objects.
+inline constexpr SpanClass kTinySpanClass = SpanClass::Make(2, true, false);
+
+// Metadata bytes for destructor tables, under the heap lock.
+DtorSlot* AllocDtorTable(std::size_t nelems);
+void FreeDtorTable(DtorSlot* t, std::size_t nelems);
+
+// Frees a span's pages (sweep found it empty). Takes the heap lock.
+void FreeSpanToHeap(Span* s);
+
+}  // namespace gofin::internal
+
+namespace gofin::internal {
+
+// Go: acquirem around sweeping plus the sweep.active count that gcStart drains. While any
+// thread is inside a guard the world cannot be stopped, so a span taken off a central list,
+// swept (running C++ destructors, which are user code) and installed in a cache is never
+// caught half-way by a collection. Unlike a critical region, a guard may run user code; that
+// code must not wait for a collection (an allocation inside it does not start one).
+class StwGuard {
+ public:
+  StwGuard() noexcept {
+    if (t_local.guard_depth++ > 0) return;
+    for (;;) {
+      // seq_cst pairs with the collector's store of world_stopping: one of the two sees the
+      // other (Dekker), so the collector never stops a thread inside a guard.
+      g_heap.stw_blockers.fetch_add(1, std::memory_order_seq_cst);
+      if (!g_heap.world_stopping.load(std::memory_order_seq_cst)) return;
+      g_heap.stw_blockers.fetch_sub(1, std::memory_order_seq_cst);
+      // A registered thread is stopped here by the signal; others wait the stop out.
+      while (g_heap.world_stopping.load(std::memory_order_seq_cst)) sched_yield();
+    }
+  }
+  ~StwGuard() {
+    if (--t_local.guard_depth > 0) return;
+    g_heap.stw_blockers.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  StwGuard(const StwGuard&) = delete;
+  StwGuard& operator=(const StwGuard&) = delete;
+};
+
+}  // namespace gofin::internal

@@ -1,0 +1,48 @@
+#pragma once
+// Go: runtime.mutex. Every heap lock is also a critical region (see safepoint.hpp): a thread
+// holding one cannot be stopped, so the collector never waits on a lock held by a stopped
+// thread. Critical sections are short, so waiters spin briefly and then yield.
+#include <sched.h>
+
+#include <atomic>
+
+#include "heap/safepoint.hpp"
+
+namespace gofin::internal {
+
+class SpinLock {
+ public:
+  constexpr SpinLock() = default;
+  SpinLock(const SpinLock&) = delete;
+  SpinLock& operator=(const SpinLock&) = delete;
+
+  void lock() noexcept {
+    EnterNoPreempt();
+    for (int spins = 0;; ++spins) {
+      // acquire: the holder's writes become visible to us.
+      if (!locked_.exchange(true, std::memory_order_acquire)) return;
+      while (locked_.load(std::memory_order_relaxed)) {
+        if (spins++ < 64) {
+          __builtin_ia32_pause();
+        } else {
+          sched_yield();
+        }
+      }
+    }
+  }
+  void unlock() noexcept {
+    locked_.store(false, std::memory_order_release);
+    ExitNoPreempt();
+  }
+  bool try_lock() noexcept {
+    EnterNoPreempt();
+    if (!locked_.exchange(true, std::memory_order_acquire)) return true;
+    ExitNoPreempt();
+    return false;
+  }
+
+ private:
+  std::atomic<bool> locked_{false};
+};
+
+}  // namespace gofin::internal

@@ -1,0 +1,192 @@
+#include "heap/malloc.hpp"
+
+#include <cstring>
+#include <mutex>
+#include <new>
+
+#include "gofin/detail/runtime.hpp"
+#include "heap/heap.hpp"
+#include "heap/hooks.hpp"
+#include "heap/thread_cache.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+std::uintptr_t AlignUp(std::uintptr_t v, std::uintptr_t a) { return (v + a - 1) & ~(a - 1); }
+
+void SetDtor(Span* s, std::size_t idx, DtorFn dtor, std::size_t count) {
+  if (dtor != nullptr) s->dtors[idx] = DtorSlot{dtor, count};
+}
+
+// The allocation slow paths end here: a collection may be due. Never from inside a guard or
+// from a destructor the sweeper runs (that collection would wait for this very sweep).
+void AfterSlowPath() {
+  if (t_local.guard_depth == 0 && t_local.in_gc_user_code == 0 &&
+      g_heap.heap_live.load(std::memory_order_relaxed) >=
+          g_heap.gc_trigger.load(std::memory_order_relaxed)) {
+    MaybeStartGC();
+  }
+}
+
+[[noreturn]] void OutOfMemory() { throw std::bad_alloc(); }
+
+// Go: mcache.nextFree plus the small-object tail of mallocgc. Returns 0 when the OS refuses.
+std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor, std::size_t count,
+                         std::size_t tiny_size) {
+  StwGuard guard;
+  Span* s = c->alloc[spc.value];
+  std::uint32_t idx = s->NextFreeIndex();
+  if (idx == s->nelems) {
+    s = c->Refill(spc);
+    if (s == nullptr) return 0;
+    idx = s->NextFreeIndex();
+  }
+  ++s->alloc_count;
+  const std::uintptr_t v = s->ObjBase(idx);
+  if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, s->elemsize);
+  SetDtor(s, idx, dtor, count);
+  if (tiny_size != 0 && (tiny_size < c->tiny_offset || c->tiny == 0)) {
+    c->tiny = v;
+    c->tiny_offset = tiny_size;
+  }
+  return v;
+}
+
+// Go: mcache.allocLarge.
+std::uintptr_t LargeAlloc(std::size_t size, bool noscan, DtorFn dtor, std::size_t count) {
+  if (size > (std::size_t{1} << 46)) return 0;
+  const std::size_t npages = (size + kPageSize - 1) >> kPageShift;
+  StwGuard guard;
+  Span* s = nullptr;
+  {
+    std::lock_guard lock(g_heap.lock);
+    s = g_heap.pages.AllocSpan(npages, g_heap.arenas);
+    if (s == nullptr) return 0;
+    const bool needzero = s->needzero;
+    s->InitLarge(s->start, npages, SpanClass::Make(0, noscan, dtor != nullptr));
+    s->needzero = needzero;
+  }
+  s->sweepgen.store(g_heap.sweepgen.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  if (s->needzero) std::memset(reinterpret_cast<void*>(s->start), 0, npages * kPageSize);
+  s->freeindex = 1;
+  s->alloc_count = 1;
+  s->large_dtor = DtorSlot{dtor, count};
+  g_heap.nmalloc_large.fetch_add(1, std::memory_order_relaxed);
+  g_heap.bytes_malloc_large.fetch_add(s->elemsize, std::memory_order_relaxed);
+  g_heap.heap_live.fetch_add(s->elemsize, std::memory_order_relaxed);
+  FileSweptSpan(s);
+  return s->start;
+}
+
+void* MallocOnce(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
+  ThreadCache* c = t_local.cache;
+  if (c == nullptr) [[unlikely]] c = AttachCurrentThread();
+  const bool noscan = (flags & detail::kAllocNoScan) != 0;
+  std::uintptr_t v = 0;
+  if (size <= kMaxSmallSize) {
+    if (noscan && size < kTinySize && dtor == nullptr && (flags & detail::kAllocNoTiny) == 0) {
+      // Go: the tiny allocator. Several tiny noscan objects share one 16-byte block; the block
+      // is freed when none of them is reachable.
+      EnterNoPreempt();
+      std::uintptr_t off = c->tiny_offset;
+      if ((size & 7) == 0) {
+        off = AlignUp(off, 8);
+      } else if ((size & 3) == 0) {
+        off = AlignUp(off, 4);
+      } else if ((size & 1) == 0) {
+        off = AlignUp(off, 2);
+      }
+      if (off + size <= kTinySize && c->tiny != 0) {
+        v = c->tiny + off;
+        c->tiny_offset = off + size;
+        ++c->tiny_allocs;
+        ExitNoPreempt();
+        return reinterpret_cast<void*>(v);
+      }
+      Span* s = c->alloc[kTinySpanClass.value];
+      v = NextFreeFast(s);
+      if (v != 0) {
+        if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, kTinySize);
+        if (size < c->tiny_offset || c->tiny == 0) {
+          c->tiny = v;
+          c->tiny_offset = size;
+        }
+        ExitNoPreempt();
+        return reinterpret_cast<void*>(v);
+      }
+      ExitNoPreempt();
+      v = SmallSlow(c, kTinySpanClass, nullptr, 0, size);
+    } else {
+      const SpanClass spc = SpanClass::Make(SizeToClass(size), noscan, dtor != nullptr);
+      EnterNoPreempt();
+      Span* s = c->alloc[spc.value];
+      v = NextFreeFast(s);
+      if (v != 0) {
+        if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, s->elemsize);
+        if (dtor != nullptr) s->dtors[s->freeindex - 1] = DtorSlot{dtor, count};
+        ExitNoPreempt();
+        return reinterpret_cast<void*>(v);
+      }
+      ExitNoPreempt();
+      v = SmallSlow(c, spc, dtor, count, 0);
+    }
+  } else {
+    v = LargeAlloc(size, noscan, dtor, count);
+  }
+  if (v != 0) AfterSlowPath();
+  return reinterpret_cast<void*>(v);
+}
+
+}  // namespace
+
+std::size_t AlignedAllocSize(std::size_t size, std::size_t align) {
+  if (size <= kMaxSmallSize) {
+    for (std::size_t c = SizeToClass(size); c < kNumSizeClasses; ++c) {
+      if (kClassToSize[c] % align == 0) return kClassToSize[c];
+    }
+  }
+  return size <= kMaxSmallSize ? kMaxSmallSize + 1 : size;
+}
+
+ObjectRef FindObject(const void* p) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  Span* s = g_heap.arenas.SpanOfHeap(addr);
+  if (s == nullptr) return {};
+  const std::size_t i = s->ObjIndex(addr);
+  if (!s->IsAllocated(i)) return {};
+  return ObjectRef{s, i, s->ObjBase(i)};
+}
+
+}  // namespace gofin::internal
+
+namespace gofin::detail {
+
+void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
+  if (size == 0) size = 1;
+  void* p = internal::MallocOnce(size, flags, dtor, count);
+  if (p == nullptr) [[unlikely]] {
+    // Go throws "out of memory"; a C++ library owes its caller std::bad_alloc, after one
+    // collection has had the chance to give memory back.
+    if (internal::CollectForOOM()) p = internal::MallocOnce(size, flags, dtor, count);
+    if (p == nullptr) internal::OutOfMemory();
+  }
+  return p;
+}
+
+void* MallocAligned(std::size_t size, std::size_t align, unsigned flags, DtorFn dtor,
+                    std::size_t count) {
+  if (align <= 16) return Malloc(size, flags, dtor, count);
+  if (align > internal::kPageSize) throw std::bad_alloc();
+  return Malloc(internal::AlignedAllocSize(size == 0 ? 1 : size, align),
+                flags | kAllocNoTiny, dtor, count);
+}
+
+void CancelDtor(void* p) noexcept {
+  internal::NoPreempt np;
+  const internal::ObjectRef ref = internal::FindObject(p);
+  if (ref.span == nullptr) return;
+  if (internal::DtorSlot* d = ref.span->DtorFor(ref.index)) *d = {};
+}
+
+}  // namespace gofin::detail

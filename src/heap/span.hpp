@@ -1,0 +1,213 @@
+#pragma once
+// Go: mspan (mheap.go), its allocation bitmap walk (mbitmap.go: nextFreeIndex, refillAllocCache,
+// isFree) and its mark bits. A span is a run of pages holding objects of one span class, or one
+// large object.
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "heap/lock.hpp"
+#include "heap/size_classes.hpp"
+
+namespace gofin::internal {
+
+struct Special;  // specials/special.hpp
+
+enum class SpanState : std::uint8_t {
+  kDead,   // record not describing memory
+  kFree,   // pages owned by the page heap
+  kInUse,  // holds heap objects
+};
+
+// A C++ destructor to run when the sweeper frees the object (count elements for arrays).
+using DtorFn = void (*)(void* obj, std::size_t count);
+struct DtorSlot {
+  DtorFn fn = nullptr;
+  std::size_t count = 0;
+};
+
+inline constexpr std::size_t kMaxObjectsPerSpan = kPageSize / 8;  // 1024 8-byte objects
+inline constexpr std::size_t kBitmapBytes = kMaxObjectsPerSpan / 8;
+
+// Go: mspan
+struct Span {
+  // Links for whichever list owns the span (a central list or a page-heap free list).
+  Span* next = nullptr;
+  Span* prev = nullptr;
+  void* list = nullptr;  // the list the span is on, for O(1) removal
+
+  std::uintptr_t start = 0;
+  std::size_t npages = 0;
+  std::uintptr_t limit = 0;  // end of the last object
+  std::size_t elemsize = 0;
+  std::uint32_t nelems = 0;
+  std::uint32_t divmagic = 0;
+  SpanClass spanclass{};
+  SpanState state = SpanState::kDead;
+  bool large = false;
+  bool needzero = false;  // memory may be dirty: allocation must zero it
+
+  // Go: freeindex / allocCache. Objects below freeindex are allocated; allocCache holds the
+  // complement of allocBits from freeindex on, so the next free slot is one ctz away.
+  std::uint32_t freeindex = 0;
+  std::uint32_t alloc_count = 0;
+  std::uint64_t alloc_cache = 0;
+
+  // Go: sweepgen. Relative to the heap's sweepgen sg: sg-2 needs sweeping, sg-1 is being
+  // swept, sg is swept and ready. Acquire/release pairs publish a sweep's result.
+  std::atomic<std::uint32_t> sweepgen{0};
+
+  // Go: allocBits / gcmarkBits. Swapped by sweep instead of copied.
+  std::uint8_t* alloc_bits = nullptr;
+  std::uint8_t* mark_bits = nullptr;
+
+  // Destructor table (spans of a dtor span class and large spans with a destructor).
+  DtorSlot* dtors = nullptr;
+  DtorSlot large_dtor{};
+
+  // Go: specials / speciallock. Sorted by (offset, kind).
+  Special* specials = nullptr;
+  SpinLock specials_lock;
+
+  alignas(8) std::uint8_t bitmaps[2][kBitmapBytes + 8] = {};
+
+  void InitSmall(std::uintptr_t base, std::size_t pages, SpanClass spc) {
+    start = base;
+    npages = pages;
+    spanclass = spc;
+    large = false;
+    const std::size_t c = spc.SizeClass();
+    elemsize = kClassToSize[c];
+    nelems = static_cast<std::uint32_t>((pages * kPageSize) / elemsize);
+    divmagic = kClassToDivMagic[c];
+    limit = start + nelems * elemsize;
+    ResetBitmaps();
+  }
+
+  void InitLarge(std::uintptr_t base, std::size_t pages, SpanClass spc) {
+    start = base;
+    npages = pages;
+    spanclass = spc;
+    large = true;
+    elemsize = pages * kPageSize;
+    nelems = 1;
+    divmagic = 0;
+    limit = start + elemsize;
+    ResetBitmaps();
+  }
+
+  void ResetBitmaps() {
+    std::memset(bitmaps, 0, sizeof(bitmaps));
+    alloc_bits = bitmaps[0];
+    mark_bits = bitmaps[1];
+    freeindex = 0;
+    alloc_count = 0;
+    alloc_cache = ~std::uint64_t{0};
+    dtors = nullptr;
+    large_dtor = {};
+    specials = nullptr;
+  }
+
+  [[nodiscard]] std::size_t ObjIndex(std::uintptr_t p) const {
+    if (large) return 0;
+    return static_cast<std::size_t>(((p - start) * std::uint64_t{divmagic}) >> 32);
+  }
+  [[nodiscard]] std::uintptr_t ObjBase(std::size_t i) const { return start + i * elemsize; }
+
+  // Go: isFree, negated. Valid outside sweeping, with the span not cached for allocation
+  // by another thread (the world stopped, or the span's owner asking).
+  [[nodiscard]] bool IsAllocated(std::size_t i) const {
+    return i < freeindex || ((alloc_bits[i / 8] >> (i % 8)) & 1U) != 0;
+  }
+
+  [[nodiscard]] bool IsMarked(std::size_t i) const {
+    return (std::atomic_ref<std::uint8_t>(mark_bits[i / 8]).load(std::memory_order_relaxed) >>
+            (i % 8)) & 1U;
+  }
+  // Sets the mark bit; true if this call set it. Relaxed: the world is stopped, and the mark
+  // termination handshake orders the bits before sweep reads them.
+  bool TryMark(std::size_t i) {
+    std::atomic_ref<std::uint8_t> byte(mark_bits[i / 8]);
+    const auto bit = static_cast<std::uint8_t>(1U << (i % 8));
+    if ((byte.load(std::memory_order_relaxed) & bit) != 0) return false;
+    return (byte.fetch_or(bit, std::memory_order_relaxed) & bit) == 0;
+  }
+  void SetMarkNonAtomic(std::size_t i) { mark_bits[i / 8] |= static_cast<std::uint8_t>(1U << (i % 8)); }
+
+  // Go: refillAllocCache. whichByte is a multiple of 8.
+  void RefillAllocCache(std::size_t which_byte) {
+    std::uint64_t v;
+    std::memcpy(&v, alloc_bits + which_byte, sizeof(v));
+    alloc_cache = ~v;
+  }
+
+  // Go: nextFreeIndex. Returns nelems when the span is full.
+  std::uint32_t NextFreeIndex() {
+    std::uint32_t sfreeindex = freeindex;
+    if (sfreeindex == nelems) return sfreeindex;
+    std::uint32_t bit = static_cast<std::uint32_t>(std::countr_zero(alloc_cache));
+    while (bit == 64) {
+      sfreeindex = (sfreeindex + 64) & ~63U;
+      if (sfreeindex >= nelems) {
+        freeindex = nelems;
+        return nelems;
+      }
+      RefillAllocCache(sfreeindex / 8);
+      bit = static_cast<std::uint32_t>(std::countr_zero(alloc_cache));
+    }
+    const std::uint32_t result = sfreeindex + bit;
+    if (result >= nelems) {
+      freeindex = nelems;
+      return nelems;
+    }
+    alloc_cache >>= (bit + 1) % 64;
+    if (bit == 63) alloc_cache = 0;
+    sfreeindex = result + 1;
+    if (sfreeindex % 64 == 0 && sfreeindex != nelems) RefillAllocCache(sfreeindex / 8);
+    freeindex = sfreeindex;
+    return result;
+  }
+
+  [[nodiscard]] DtorSlot* DtorFor(std::size_t i) {
+    if (large) return &large_dtor;
+    return dtors == nullptr ? nullptr : &dtors[i];
+  }
+
+  [[nodiscard]] bool Contains(std::uintptr_t p) const { return p >= start && p < limit; }
+};
+
+// Intrusive doubly linked list of spans (Go: mSpanList).
+struct SpanList {
+  Span* first = nullptr;
+  std::size_t count = 0;
+
+  void PushFront(Span* s) {
+    s->prev = nullptr;
+    s->next = first;
+    if (first != nullptr) first->prev = s;
+    first = s;
+    s->list = this;
+    ++count;
+  }
+  void Remove(Span* s) {
+    if (s->prev != nullptr) {
+      s->prev->next = s->next;
+    } else {
+      first = s->next;
+    }
+    if (s->next != nullptr) s->next->prev = s->prev;
+    s->next = s->prev = nullptr;
+    s->list = nullptr;
+    --count;
+  }
+  Span* PopFront() {
+    Span* s = first;
+    if (s != nullptr) Remove(s);
+    return s;
+  }
+  [[nodiscard]] bool Empty() const { return first == nullptr; }
+};
+
+}  // namespace gofin::internal

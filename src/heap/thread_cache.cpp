@@ -1,0 +1,77 @@
+#include "heap/thread_cache.hpp"
+
+#include <mutex>
+
+#include "heap/central.hpp"
+#include "heap/heap.hpp"
+
+namespace gofin::internal {
+
+constinit Span g_empty_span{};
+
+ThreadCache::ThreadCache() {
+  for (auto& s : alloc) s = &g_empty_span;
+}
+
+Span* ThreadCache::Refill(SpanClass spc) {
+  // The caller holds a StwGuard: the cache and the spans move together.
+  Span* old = alloc[spc.value];
+  const std::size_t c = spc.SizeClass();
+  if (old != &g_empty_span) {
+    // Go: the stats correction in uncacheSpan: slots never handed out were not allocations.
+    const std::uint32_t unused = old->nelems - old->alloc_count;
+    g_heap.nmalloc_small[c].fetch_sub(unused, std::memory_order_relaxed);
+    g_heap.heap_live.fetch_sub(std::uint64_t{unused} * old->elemsize, std::memory_order_relaxed);
+    alloc[spc.value] = &g_empty_span;
+    UncacheSpan(old);
+  }
+  Span* s = CacheSpan(spc);
+  if (s == nullptr) return nullptr;
+  const std::uint32_t avail = s->nelems - s->alloc_count;
+  g_heap.nmalloc_small[c].fetch_add(avail, std::memory_order_relaxed);
+  g_heap.heap_live.fetch_add(std::uint64_t{avail} * s->elemsize, std::memory_order_relaxed);
+  alloc[spc.value] = s;
+  return s;
+}
+
+void ThreadCache::ReleaseAll() {
+  for (std::size_t i = 0; i < kNumSpanClasses; ++i) {
+    Span* s = alloc[i];
+    if (s == &g_empty_span) continue;
+    const std::uint32_t unused = s->nelems - s->alloc_count;
+    g_heap.nmalloc_small[s->spanclass.SizeClass()].fetch_sub(unused, std::memory_order_relaxed);
+    g_heap.heap_live.fetch_sub(std::uint64_t{unused} * s->elemsize, std::memory_order_relaxed);
+    alloc[i] = &g_empty_span;
+    UncacheSpan(s);
+  }
+  tiny = 0;
+  tiny_offset = 0;
+  g_heap.tiny_allocs.fetch_add(tiny_allocs, std::memory_order_relaxed);
+  tiny_allocs = 0;
+}
+
+ThreadCache* NewThreadCache() {
+  std::lock_guard lock(g_heap.lock);
+  if (!g_heap.arenas.Initialized()) g_heap.arenas.Init();
+  ThreadCache* c = g_heap.cache_alloc.Alloc();
+  c->next = g_heap.caches;
+  g_heap.caches = c;
+  return c;
+}
+
+void FreeThreadCache(ThreadCache* c) {
+  {
+    StwGuard guard;
+    c->ReleaseAll();
+  }
+  std::lock_guard lock(g_heap.lock);
+  for (ThreadCache** p = &g_heap.caches; *p != nullptr; p = &(*p)->next) {
+    if (*p == c) {
+      *p = c->next;
+      break;
+    }
+  }
+  g_heap.cache_alloc.Free(c);
+}
+
+}  // namespace gofin::internal
