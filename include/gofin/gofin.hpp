@@ -6,3 +6,5 @@
 #include "gofin/gc.hpp"
 #include "gofin/root.hpp"
 #include "gofin/thread.hpp"
+#include "gofin/finalizer.hpp"
+#include "gofin/testing.hpp"

@@ -20,7 +20,8 @@ constexpr std::uintptr_t kObletBytes = 128 * 1024;
 // How many objects a worker scans between offers of work to idle workers.
 constexpr int kBalanceInterval = 64;
 
-constinit std::atomic<ExtraRootsFn> g_extra_roots{nullptr};
+constexpr std::size_t kMaxExtraRoots = 8;
+constinit std::atomic<ExtraRootsFn> g_extra_roots[kMaxExtraRoots] = {};
 
 struct HeapBounds {
   std::uintptr_t lo;
@@ -94,7 +95,9 @@ void RunWorker(MarkPhase& ph, int id) {
       w.ScanRange((*ph.roots)[i].lo, (*ph.roots)[i].hi);
     }
     if (id == 0) {
-      if (ExtraRootsFn fn = g_extra_roots.load(std::memory_order_acquire)) fn(w);
+      for (auto& hook : g_extra_roots) {
+        if (ExtraRootsFn fn = hook.load(std::memory_order_acquire)) fn(w);
+      }
     }
   }
   // Go: gcMarkDone's termination: a worker is done when every worker is idle and no full
@@ -165,7 +168,12 @@ void RunPhase(MarkPhase& ph) {
 
 }  // namespace
 
-void SetExtraRootsHook(ExtraRootsFn fn) { g_extra_roots.store(fn, std::memory_order_release); }
+void AddExtraRootsHook(ExtraRootsFn fn) {
+  for (auto& hook : g_extra_roots) {
+    ExtraRootsFn expected = nullptr;
+    if (hook.compare_exchange_strong(expected, fn, std::memory_order_acq_rel)) return;
+  }
+}
 
 GOFIN_NO_SANITIZE void MarkWorker::ScanRange(std::uintptr_t lo, std::uintptr_t hi) {
   const HeapBounds b = Bounds();

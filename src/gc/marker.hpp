@@ -38,10 +38,10 @@ class MarkWorker {
   std::uint64_t bytes_marked_ = 0;
 };
 
-// Go: markrootSpans and friends, supplied by the specials layer: called once per cycle on
-// one worker after the roots are queued.
+// Go: markrootSpans, the finalizer queue root and friends, supplied by the layers above: each
+// is called once per cycle on one worker after the roots are queued.
 using ExtraRootsFn = void (*)(MarkWorker& w);
-void SetExtraRootsHook(ExtraRootsFn fn);
+void AddExtraRootsHook(ExtraRootsFn fn);
 
 struct MarkResult {
   std::uint64_t bytes_marked = 0;

@@ -1,0 +1,188 @@
+#include "finalizer/finalizer_queue.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <typeinfo>
+
+#include "gc/marker.hpp"
+#include "gc/thread_registry.hpp"
+#include "gofin/finalizer.hpp"
+#include "heap/fixalloc.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+// Go: finalizer (the queued record).
+struct QueuedFinalizer {
+  void* obj;
+  FinalizerBoxBase* box;
+};
+
+// Go: finblock. 4 KiB, off the GC heap.
+struct FinBlock {
+  static constexpr std::size_t kRecords = (4096 - 32) / sizeof(QueuedFinalizer);
+  FinBlock* alllink = nullptr;  // every block ever made: the marker scans them all
+  FinBlock* next = nullptr;     // finq or finc
+  // Records [0, cnt) are live. The finalizer thread lowers cnt before running a record, so
+  // the block stops rooting it; the thread's own stack roots it while it runs. Relaxed: the
+  // marker reads it with the world stopped.
+  std::atomic<std::uint32_t> cnt{0};
+  QueuedFinalizer fin[kRecords];
+};
+
+struct FinState {
+  std::mutex lock;  // Go: finlock
+  std::condition_variable wake;
+  std::condition_variable idle;  // for BlockUntilEmptyFinalizerQueue
+  FinBlock* finq = nullptr;
+  FinBlock* finc = nullptr;
+  FinBlock* allfin = nullptr;
+  FixAlloc<FinBlock> blocks;
+  std::atomic<std::uint32_t> status{0};
+  std::atomic<std::uint64_t> queued{0};
+  std::atomic<std::uint64_t> executed{0};
+  bool running = false;  // under lock: a batch is being run
+};
+
+FinState& State() {
+  static FinState* s = new FinState();  // NOLINT: lives for the process
+  return *s;
+}
+
+// Runs record i-1 of the batch. Its own frame, which holds the object and the callable while
+// the finalizer runs, is dead once it returns (below the stack pointer, never scanned).
+[[gnu::noinline]] void RunOne(FinState& st, FinBlock* batch, std::uint32_t i) {
+  const QueuedFinalizer f = batch->fin[i - 1];
+  // Go: the record is cleared before it is run, so the queue stops rooting the object; this
+  // frame roots it until the call returns.
+  batch->fin[i - 1] = QueuedFinalizer{nullptr, nullptr};
+  batch->cnt.store(i - 1, std::memory_order_relaxed);
+  st.status.fetch_or(kFingRunningFinalizer, std::memory_order_relaxed);
+  try {
+    f.box->invoke(f.box, f.obj);
+  } catch (...) {
+    detail::ReportFinalizerException(std::current_exception());
+  }
+  st.status.fetch_and(~kFingRunningFinalizer, std::memory_order_relaxed);
+  st.executed.fetch_add(1, std::memory_order_relaxed);
+  KeepAlive(f);
+}
+
+// Go's runfinq keeps its argument frame in a noscan block so that "the last finalized object
+// is not collected" never happens; a C++ thread's stack is scanned conservatively, so the
+// finalizer thread wipes what finished finalizers left below its frame and in scratch
+// registers before it sleeps (bdwgc: GC_clear_stack).
+[[gnu::noinline]] void ClearDeadStack() {
+  constexpr std::size_t kBytes = 64 * 1024;
+  volatile char scrub[kBytes];
+  for (std::size_t i = 0; i < kBytes; i += sizeof(void*)) {
+    *reinterpret_cast<volatile void* volatile*>(&scrub[i]) = nullptr;
+  }
+  asm volatile(
+      "xor %%eax, %%eax\n xor %%ecx, %%ecx\n xor %%edx, %%edx\n xor %%esi, %%esi\n"
+      "xor %%edi, %%edi\n xor %%r8d, %%r8d\n xor %%r9d, %%r9d\n xor %%r10d, %%r10d\n"
+      "xor %%r11d, %%r11d\n"
+      :
+      :
+      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory");
+}
+
+// Go: runfinq.
+void RunFinalizers() {
+  RegisterThread();  // the records it runs are on its stack: it must be scanned
+  FinState& st = State();
+  for (;;) {
+    FinBlock* batch = nullptr;
+    {
+      std::unique_lock lock(st.lock);
+      while (st.finq == nullptr) {
+        st.running = false;
+        st.status.fetch_or(kFingWait, std::memory_order_relaxed);
+        st.idle.notify_all();
+        st.wake.wait(lock);
+      }
+      st.status.fetch_and(~(kFingWait | kFingWake), std::memory_order_relaxed);
+      batch = st.finq;
+      st.finq = nullptr;
+      st.running = true;
+    }
+    while (batch != nullptr) {
+      for (std::uint32_t i = batch->cnt.load(std::memory_order_relaxed); i > 0; --i) {
+        RunOne(st, batch, i);
+      }
+      FinBlock* next = batch->next;
+      {
+        std::lock_guard lock(st.lock);
+        batch->next = st.finc;
+        st.finc = batch;
+      }
+      batch = next;
+    }
+    ClearDeadStack();
+  }
+}
+
+}  // namespace
+
+void QueueFinalizer(void* obj, FinalizerBoxBase* box) {
+  FinState& st = State();
+  {
+    std::lock_guard lock(st.lock);
+    if (st.finq == nullptr || st.finq->cnt.load(std::memory_order_relaxed) == FinBlock::kRecords) {
+      FinBlock* b = st.finc;
+      if (b != nullptr) {
+        st.finc = b->next;
+      } else {
+        b = st.blocks.Alloc();
+        b->alllink = st.allfin;
+        st.allfin = b;
+      }
+      b->next = st.finq;
+      st.finq = b;
+    }
+    FinBlock* b = st.finq;
+    const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
+    b->fin[n] = QueuedFinalizer{obj, box};
+    b->cnt.store(n + 1, std::memory_order_relaxed);
+    st.status.fetch_or(kFingWake, std::memory_order_relaxed);
+  }
+  st.queued.fetch_add(1, std::memory_order_relaxed);
+  // Go: wakefing.
+  st.wake.notify_one();
+}
+
+void CreateFinalizerThread() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    State().status.fetch_or(kFingCreated, std::memory_order_relaxed);
+    std::thread(RunFinalizers).detach();
+  });
+}
+
+void MarkFinalizerQueueRoots(MarkWorker& w) {
+  FinState& st = State();
+  for (FinBlock* b = st.allfin; b != nullptr; b = b->alllink) {
+    const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
+    const auto lo = reinterpret_cast<std::uintptr_t>(&b->fin[0]);
+    w.ScanRange(lo, lo + n * sizeof(QueuedFinalizer));
+  }
+}
+
+bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout) {
+  FinState& st = State();
+  std::unique_lock lock(st.lock);
+  return st.idle.wait_for(lock, timeout, [&] { return st.finq == nullptr && !st.running; });
+}
+
+std::uint32_t FinalizerThreadStatus() { return State().status.load(std::memory_order_relaxed); }
+
+FinalizerCounters ReadFinalizerCounters() {
+  return FinalizerCounters{State().queued.load(), State().executed.load()};
+}
+
+}  // namespace gofin::internal

@@ -1,0 +1,41 @@
+#pragma once
+// Go: finq, finc, allfin, finblock, fing, runfinq, wakefing (mfinal.go). Finalizers the sweeper
+// found ready wait in blocks of records outside the GC heap; one dedicated thread takes the
+// whole queue at a time and runs them one by one, with no gofin lock held.
+#include <chrono>
+#include <cstdint>
+#include <exception>
+
+namespace gofin::detail {
+struct FinalizerBoxBase;
+}  // namespace gofin::detail
+
+namespace gofin::internal {
+
+// A finalizer's callable, in a scanned GC block (include/gofin/finalizer.hpp builds it).
+using detail::FinalizerBoxBase;
+
+// Go: queuefinalizer. Called by the sweeper; never allocates from the GC heap.
+void QueueFinalizer(void* obj, FinalizerBoxBase* box);
+// Go: createfing. Starts the finalizer thread once.
+void CreateFinalizerThread();
+// Go: the finalizer queue is a root (markroot's allfin walk); marks queued objects and boxes.
+void MarkFinalizerQueueRoots(class MarkWorker& w);
+bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout);
+
+// Go: fingStatus bits.
+enum FingStatus : std::uint32_t {
+  kFingCreated = 1U << 0,
+  kFingRunningFinalizer = 1U << 1,
+  kFingWait = 1U << 2,
+  kFingWake = 1U << 3,
+};
+std::uint32_t FinalizerThreadStatus();
+
+struct FinalizerCounters {
+  std::uint64_t queued;
+  std::uint64_t executed;
+};
+FinalizerCounters ReadFinalizerCounters();
+
+}  // namespace gofin::internal

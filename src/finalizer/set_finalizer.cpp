@@ -1,0 +1,144 @@
+// Go: SetFinalizer's runtime half (mfinal.go: SetFinalizer, addfinalizer, removefinalizer).
+#include <link.h>
+
+#include <atomic>
+#include <cstdio>
+#include <exception>
+#include <mutex>
+
+#include "finalizer/finalizer_queue.hpp"
+#include "gc/marker.hpp"
+#include "gofin/finalizer.hpp"
+#include "gofin/testing.hpp"
+#include "heap/heap.hpp"
+#include "specials/special.hpp"
+
+namespace gofin::internal {
+
+namespace {
+
+void DefaultFinalizerErrorHandler(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    std::fprintf(stderr, "gofin: panic in finalizer: %s\n", ex.what());
+  } catch (...) {
+    std::fprintf(stderr, "gofin: panic in finalizer: (non-std exception)\n");
+  }
+  std::fflush(stderr);
+  std::terminate();
+}
+
+constinit std::atomic<FinalizerErrorHandler> g_error_handler{&DefaultFinalizerErrorHandler};
+
+// Go: isGoPointerWithoutSpan: the data and bss segments of every loaded module.
+bool InDataSegment(const void* p) {
+  struct Query {
+    std::uintptr_t addr;
+    bool found;
+  } q{reinterpret_cast<std::uintptr_t>(p), false};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t /*size*/, void* data) -> int {
+        auto* q = static_cast<Query*>(data);
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) == 0) continue;
+          const std::uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+          if (q->addr >= lo && q->addr < lo + ph.p_memsz) {
+            q->found = true;
+            return 1;
+          }
+        }
+        return 0;
+      },
+      &q);
+  return q.found;
+}
+
+void MarkFinalizerSpecial(Special* s, std::uintptr_t object_base, MarkWorker& w) {
+  // Go: markrootSpans. What the object references lives; the object itself may die.
+  w.ScanObjectContents(object_base);
+  w.MarkPointer(reinterpret_cast<std::uintptr_t>(static_cast<SpecialFinalizer*>(s)->box));
+}
+
+void FinalizerObjectDead(Special* s, void* p, std::size_t /*size*/) {
+  QueueFinalizer(p, static_cast<FinalizerBoxBase*>(static_cast<SpecialFinalizer*>(s)->box));
+}
+
+void InitFinalizers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    SpecialKindOps ops;
+    ops.mark = &MarkFinalizerSpecial;
+    ops.object_dead = &FinalizerObjectDead;
+    ops.resurrects = true;
+    RegisterSpecialKind(SpecialKind::kFinalizer, ops);
+    AddExtraRootsHook(&MarkFinalizerQueueRoots);
+    InitSpecials();
+    CreateFinalizerThread();
+  });
+}
+
+}  // namespace
+
+}  // namespace gofin::internal
+
+namespace gofin::detail {
+
+FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok) {
+  using namespace internal;  // NOLINT(google-build-using-namespace)
+  if (obj == nullptr) throw Error("runtime.SetFinalizer: first argument is nil");
+  const auto p = reinterpret_cast<std::uintptr_t>(obj);
+  Span* s = g_heap.arenas.SpanOfHeap(p);
+  if (s == nullptr) {
+    if (InDataSegment(obj)) return FinalizerTarget::kGlobal;
+    throw Error("runtime.SetFinalizer: pointer not in allocated block");
+  }
+  if (p != s->ObjBase(s->ObjIndex(p)) && !inner_ok) {
+    throw Error("runtime.SetFinalizer: pointer not at beginning of allocated block");
+  }
+  return FinalizerTarget::kHeap;
+}
+
+void AddFinalizer(const void* obj, FinalizerBoxBase* box) {
+  using namespace internal;  // NOLINT(google-build-using-namespace)
+  InitFinalizers();
+  auto* s = static_cast<SpecialFinalizer*>(NewSpecial(SpecialKind::kFinalizer));
+  s->box = box;
+  if (!AddSpecial(obj, s)) {
+    FreeSpecialRecord(s);
+    throw Error("runtime.SetFinalizer: finalizer already set");
+  }
+  KeepAlive(box);
+}
+
+void RemoveFinalizer(const void* obj) {
+  using namespace internal;  // NOLINT(google-build-using-namespace)
+  if (Special* s = RemoveSpecial(obj, SpecialKind::kFinalizer)) FreeSpecialRecord(s);
+}
+
+void ReportFinalizerException(std::exception_ptr e) noexcept {
+  internal::g_error_handler.load(std::memory_order_acquire)(std::move(e));
+}
+
+}  // namespace gofin::detail
+
+namespace gofin {
+
+FinalizerErrorHandler SetFinalizerErrorHandler(FinalizerErrorHandler handler) {
+  if (handler == nullptr) handler = &internal::DefaultFinalizerErrorHandler;
+  return internal::g_error_handler.exchange(handler, std::memory_order_acq_rel);
+}
+
+FinalizerStats ReadFinalizerStats() {
+  const internal::FinalizerCounters c = internal::ReadFinalizerCounters();
+  return FinalizerStats{c.queued, c.executed};
+}
+
+namespace testing {
+bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout) {
+  return internal::BlockUntilEmptyFinalizerQueue(timeout);
+}
+}  // namespace testing
+
+}  // namespace gofin

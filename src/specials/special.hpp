@@ -1,0 +1,80 @@
+#pragma once
+// Go: special, specialfinalizer, specialprofile, specialCleanup, specialWeakHandle (mheap.go).
+// Records attached to heap objects, kept per span in a list sorted by (offset, kind) under the
+// span's lock. The sweeper consults them before freeing an object, the marker before deciding
+// what lives. This layer is generic: each kind's behaviour (what to mark, what to do when the
+// object dies) is registered by the layer that owns the kind.
+#include <cstddef>
+#include <cstdint>
+
+namespace gofin::internal {
+
+struct Span;
+class MarkWorker;
+
+// Go: _KindSpecialFinalizer, ... The order is the sort order within one offset.
+enum class SpecialKind : std::uint8_t {
+  kFinalizer = 1,
+  kWeakHandle = 2,
+  kProfile = 3,
+  kCleanup = 4,
+};
+inline constexpr std::size_t kNumSpecialKinds = 5;
+
+// Go: special
+struct Special {
+  Special* next = nullptr;
+  std::uint32_t offset = 0;  // from the span's start: a tiny block holds several
+  SpecialKind kind{};
+};
+
+// Go: specialfinalizer. The callable lives in a scanned GC block (what it captures stays
+// alive); this record only points at it.
+struct SpecialFinalizer : Special {
+  void* box = nullptr;
+};
+
+// Go: specialCleanup (1.24). Reserved for AddCleanup.
+struct SpecialCleanup : Special {
+  void* box = nullptr;
+  std::uint64_t id = 0;
+};
+
+// Go: specialWeakHandle (1.24). Reserved for weak pointers.
+struct SpecialWeakHandle : Special {
+  void** handle = nullptr;
+};
+
+// Go: specialprofile. Reserved for a heap profiler.
+struct SpecialProfile : Special {
+  void* bucket = nullptr;
+};
+
+// What a kind does at the collector's two moments.
+struct SpecialKindOps {
+  // Go: markrootSpans. Called with the world stopped for each record of this kind.
+  void (*mark)(Special* s, std::uintptr_t object_base, MarkWorker& w) = nullptr;
+  // Go: freeSpecial. The sweeper found the object dead: take over or drop the record's
+  // payload. `p` is the exact address the record was set for. The record is freed after.
+  void (*object_dead)(Special* s, void* p, std::size_t object_size) = nullptr;
+  // True if a record of this kind keeps its object alive for one more cycle (finalizers).
+  bool resurrects = false;
+};
+void RegisterSpecialKind(SpecialKind kind, const SpecialKindOps& ops);
+
+// Records, from per-kind fixalloc under the specials lock.
+Special* NewSpecial(SpecialKind kind);
+void FreeSpecialRecord(Special* s);
+
+// Go: addspecial. Attaches s to the object containing p (a heap address). False if the
+// object already has a record of that kind at that exact address.
+bool AddSpecial(const void* p, Special* s);
+// Go: removespecial. Unlinks and returns the record of `kind` at exactly p, or nullptr.
+Special* RemoveSpecial(const void* p, SpecialKind kind);
+// True if the object at exactly p has a record of `kind`.
+bool HasSpecial(const void* p, SpecialKind kind);
+
+// Installs the marker and sweeper hooks; idempotent.
+void InitSpecials();
+
+}  // namespace gofin::internal
