@@ -14,31 +14,39 @@ namespace gofin {
 
 namespace detail {
 
-// The callable, moved into a scanned GC block so that whatever it captures stays alive for as
-// long as the finalizer is set or queued.
-struct FinalizerBoxBase {
-  void (*invoke)(FinalizerBoxBase* self, void* obj) = nullptr;
-};
+// How a queued finalizer is run: invoke(ctx, obj).
+using FinalizerInvoke = void (*)(void* ctx, void* obj);
 
+// A stateful callable, moved into a scanned GC block so that whatever it captures stays alive
+// for as long as the finalizer is set or queued.
 template <class T, class F>
-struct FinalizerBox final : FinalizerBoxBase {
+struct FinalizerBox {
   F fn;
-  template <class G>
-  explicit FinalizerBox(G&& g) : fn(std::forward<G>(g)) {
-    invoke = &Invoke;
-  }
-  static void Invoke(FinalizerBoxBase* self, void* obj) {
+  static void Invoke(void* ctx, void* obj) {
     // The conversion to the callable's parameter type (const T*, a base class pointer with
     // its multiple-inheritance adjustment, void*) happens here, like Go's interface
     // conversion of the finalizer's argument.
-    std::invoke(static_cast<FinalizerBox*>(self)->fn, static_cast<T*>(obj));
+    std::invoke(static_cast<FinalizerBox*>(ctx)->fn, static_cast<T*>(obj));
   }
 };
+
+// A captureless lambda or empty functor needs no block: it is made afresh to run.
+template <class T, class F>
+void InvokeStateless(void* /*ctx*/, void* obj) {
+  F fn{};
+  std::invoke(fn, static_cast<T*>(obj));
+}
+
+// A plain function: its address is the context.
+template <class T, class F>
+void InvokeFunction(void* ctx, void* obj) {
+  std::invoke(reinterpret_cast<F>(ctx), static_cast<T*>(obj));  // NOLINT
+}
 
 enum class FinalizerTarget { kHeap, kGlobal };
 // Go's checks, in Go's order; throws gofin::Error with Go's message.
 FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok);
-void AddFinalizer(const void* obj, FinalizerBoxBase* box);
+void AddFinalizer(const void* obj, FinalizerInvoke invoke, void* ctx);
 void RemoveFinalizer(const void* obj);
 void ReportFinalizerException(std::exception_ptr e) noexcept;
 
@@ -55,6 +63,17 @@ constexpr bool InnerPointerOk() {
 }
 
 }  // namespace detail
+
+// Go: runtime.KeepAlive. x (usually a pointer) stays reachable until this point, so its
+// finalizer cannot run before.
+template <class T>
+void KeepAlive(const T& x) noexcept {
+  if constexpr (std::is_pointer_v<T>) {
+    asm volatile("" : : "r"(x) : "memory");
+  } else {
+    asm volatile("" : : "r"(&x) : "memory");
+  }
+}
 
 // Go: runtime.SetFinalizer. One finalizer per object; run once, on the finalizer thread, after
 // a collection finds the object unreachable (it stays alive until then, and may be
@@ -76,8 +95,16 @@ void SetFinalizer(T* obj, F&& finalizer) {
       detail::FinalizerTarget::kGlobal) {
     return;  // Go: a global never becomes unreachable; setting is a no-op
   }
-  auto* box = New<detail::FinalizerBox<T, Fn>>(std::forward<F>(finalizer));
-  detail::AddFinalizer(obj, box);
+  if constexpr (std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>) {
+    detail::AddFinalizer(obj, &detail::InvokeFunction<T, Fn>,
+                         reinterpret_cast<void*>(finalizer));  // NOLINT
+  } else if constexpr (std::is_empty_v<Fn> && std::is_trivially_default_constructible_v<Fn>) {
+    detail::AddFinalizer(obj, &detail::InvokeStateless<T, Fn>, nullptr);
+  } else {
+    auto* box = New<detail::FinalizerBox<T, Fn>>(std::forward<F>(finalizer));
+    detail::AddFinalizer(obj, &detail::FinalizerBox<T, Fn>::Invoke, box);
+    KeepAlive(box);
+  }
 }
 
 // Removes obj's finalizer; a no-op when none is set.
@@ -88,17 +115,6 @@ void SetFinalizer(T* obj, std::nullptr_t /*none*/) {
     return;
   }
   detail::RemoveFinalizer(obj);
-}
-
-// Go: runtime.KeepAlive. x (usually a pointer) stays reachable until this point, so its
-// finalizer cannot run before.
-template <class T>
-void KeepAlive(const T& x) noexcept {
-  if constexpr (std::is_pointer_v<T>) {
-    asm volatile("" : : "r"(x) : "memory");
-  } else {
-    asm volatile("" : : "r"(&x) : "memory");
-  }
 }
 
 // What happens when a finalizer or cleanup throws: the handler runs on the finalizer thread,

@@ -20,12 +20,13 @@ namespace {
 // Go: finalizer (the queued record).
 struct QueuedFinalizer {
   void* obj;
-  FinalizerBoxBase* box;
+  FinalizerInvoke invoke;
+  void* ctx;
 };
 
 // Go: finblock. 4 KiB, off the GC heap.
 struct FinBlock {
-  static constexpr std::size_t kRecords = (4096 - 32) / sizeof(QueuedFinalizer);
+  static constexpr std::size_t kRecords = (4096 - 64) / sizeof(QueuedFinalizer);
   FinBlock* alllink = nullptr;  // every block ever made: the marker scans them all
   FinBlock* next = nullptr;     // finq or finc
   // Records [0, cnt) are live. The finalizer thread lowers cnt before running a record, so
@@ -60,11 +61,11 @@ FinState& State() {
   const QueuedFinalizer f = batch->fin[i - 1];
   // Go: the record is cleared before it is run, so the queue stops rooting the object; this
   // frame roots it until the call returns.
-  batch->fin[i - 1] = QueuedFinalizer{nullptr, nullptr};
+  batch->fin[i - 1] = QueuedFinalizer{nullptr, nullptr, nullptr};
   batch->cnt.store(i - 1, std::memory_order_relaxed);
   st.status.fetch_or(kFingRunningFinalizer, std::memory_order_relaxed);
   try {
-    f.box->invoke(f.box, f.obj);
+    f.invoke(f.ctx, f.obj);
   } catch (...) {
     detail::ReportFinalizerException(std::current_exception());
   }
@@ -129,7 +130,7 @@ void RunFinalizers() {
 
 }  // namespace
 
-void QueueFinalizer(void* obj, FinalizerBoxBase* box) {
+void QueueFinalizer(void* obj, FinalizerInvoke invoke, void* ctx) {
   FinState& st = State();
   {
     std::lock_guard lock(st.lock);
@@ -147,7 +148,7 @@ void QueueFinalizer(void* obj, FinalizerBoxBase* box) {
     }
     FinBlock* b = st.finq;
     const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
-    b->fin[n] = QueuedFinalizer{obj, box};
+    b->fin[n] = QueuedFinalizer{obj, invoke, ctx};
     b->cnt.store(n + 1, std::memory_order_relaxed);
     st.status.fetch_or(kFingWake, std::memory_order_relaxed);
   }

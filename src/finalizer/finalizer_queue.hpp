@@ -6,17 +6,13 @@
 #include <cstdint>
 #include <exception>
 
-namespace gofin::detail {
-struct FinalizerBoxBase;
-}  // namespace gofin::detail
-
 namespace gofin::internal {
 
-// A finalizer's callable, in a scanned GC block (include/gofin/finalizer.hpp builds it).
-using detail::FinalizerBoxBase;
+// Runs a finalizer: invoke(ctx, obj) (include/gofin/finalizer.hpp builds both).
+using FinalizerInvoke = void (*)(void* ctx, void* obj);
 
 // Go: queuefinalizer. Called by the sweeper; never allocates from the GC heap.
-void QueueFinalizer(void* obj, FinalizerBoxBase* box);
+void QueueFinalizer(void* obj, FinalizerInvoke invoke, void* ctx);
 // Go: createfing. Starts the finalizer thread once.
 void CreateFinalizerThread();
 // Go: the finalizer queue is a root (markroot's allfin walk); marks queued objects and boxes.

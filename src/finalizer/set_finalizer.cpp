@@ -58,11 +58,12 @@ bool InDataSegment(const void* p) {
 void MarkFinalizerSpecial(Special* s, std::uintptr_t object_base, MarkWorker& w) {
   // Go: markrootSpans. What the object references lives; the object itself may die.
   w.ScanObjectContents(object_base);
-  w.MarkPointer(reinterpret_cast<std::uintptr_t>(static_cast<SpecialFinalizer*>(s)->box));
+  w.MarkPointer(reinterpret_cast<std::uintptr_t>(static_cast<SpecialFinalizer*>(s)->ctx));
 }
 
 void FinalizerObjectDead(Special* s, void* p, std::size_t /*size*/) {
-  QueueFinalizer(p, static_cast<FinalizerBoxBase*>(static_cast<SpecialFinalizer*>(s)->box));
+  auto* f = static_cast<SpecialFinalizer*>(s);
+  QueueFinalizer(p, f->invoke, f->ctx);
 }
 
 void InitFinalizers() {
@@ -100,16 +101,17 @@ FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok) {
   return FinalizerTarget::kHeap;
 }
 
-void AddFinalizer(const void* obj, FinalizerBoxBase* box) {
+void AddFinalizer(const void* obj, FinalizerInvoke invoke, void* ctx) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
   InitFinalizers();
   auto* s = static_cast<SpecialFinalizer*>(NewSpecial(SpecialKind::kFinalizer));
-  s->box = box;
+  s->invoke = invoke;
+  s->ctx = ctx;
   if (!AddSpecial(obj, s)) {
     FreeSpecialRecord(s);
     throw Error("runtime.SetFinalizer: finalizer already set");
   }
-  KeepAlive(box);
+  KeepAlive(ctx);
 }
 
 void RemoveFinalizer(const void* obj) {

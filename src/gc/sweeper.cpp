@@ -106,7 +106,7 @@ void SetScavengeGoal(std::uint64_t bytes) {
 
 bool SweepSpan(Span* s, bool preserve) {
   const std::uint32_t sg = g_heap.sweepgen.load(std::memory_order_relaxed);
-  if (s->specials != nullptr) {
+  if (s->special_count != 0) {
     if (SweepSpecialsFn fn = g_sweep_specials.load(std::memory_order_acquire)) fn(s);
   }
   const std::size_t sizeclass = s->spanclass.SizeClass();

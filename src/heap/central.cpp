@@ -26,7 +26,7 @@ Span* GrowCentral(SpanClass spc, std::uint32_t sg) {
   s->InitSmall(s->start, s->npages, spc);
   s->needzero = needzero;
   if (spc.HasDtor()) {
-    s->dtors = AllocDtorTable(s->nelems);
+    s->dtors = static_cast<DtorSlot*>(AllocSideTable(s->nelems * sizeof(DtorSlot)));
     if (s->dtors == nullptr) {
       g_heap.pages.FreeSpan(s, g_heap.arenas);
       return nullptr;

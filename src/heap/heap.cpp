@@ -12,8 +12,9 @@ constinit Heap g_heap{};
 
 namespace {
 
-// Destructor tables come in power-of-two sizes from 16 bytes to 16 KiB (1024 slots of 16
-// bytes), each size with its own free list, carved from mmap'd chunks under the heap lock.
+// Side tables (destructor slots, specials heads) come in power-of-two sizes from 16 bytes to
+// 16 KiB, each size with its own free list, carved from mmap'd chunks under the heap lock.
+constexpr std::size_t kMinTable = 16;
 constexpr std::size_t kDtorBuckets = 11;
 struct FreeBlock {
   FreeBlock* next;
@@ -22,15 +23,16 @@ constinit FreeBlock* g_dtor_free[kDtorBuckets] = {};
 constinit char* g_dtor_chunk = nullptr;
 constinit std::size_t g_dtor_chunk_left = 0;
 
-std::size_t BucketFor(std::size_t nelems) {
-  return static_cast<std::size_t>(std::bit_width(std::bit_ceil(nelems) - 1));
+std::size_t BucketFor(std::size_t bytes) {
+  const std::size_t units = (bytes + kMinTable - 1) / kMinTable;
+  return static_cast<std::size_t>(std::bit_width(std::bit_ceil(units) - 1));
 }
 
 }  // namespace
 
-DtorSlot* AllocDtorTable(std::size_t nelems) {
-  const std::size_t b = BucketFor(nelems);
-  const std::size_t bytes = sizeof(DtorSlot) << b;
+void* AllocSideTable(std::size_t want) {
+  const std::size_t b = BucketFor(want);
+  const std::size_t bytes = kMinTable << b;
   void* p = nullptr;
   if (g_dtor_free[b] != nullptr) {
     p = g_dtor_free[b];
@@ -48,20 +50,24 @@ DtorSlot* AllocDtorTable(std::size_t nelems) {
     g_dtor_chunk += bytes;
     g_dtor_chunk_left -= bytes;
   }
-  return static_cast<DtorSlot*>(p);
+  return p;
 }
 
-void FreeDtorTable(DtorSlot* t, std::size_t nelems) {
-  const std::size_t b = BucketFor(nelems);
-  auto* f = reinterpret_cast<FreeBlock*>(t);
+void FreeSideTable(void* t, std::size_t want) {
+  const std::size_t b = BucketFor(want);
+  auto* f = static_cast<FreeBlock*>(t);
   f->next = g_dtor_free[b];
   g_dtor_free[b] = f;
 }
 
 void FreeSpanToHeap(Span* s) {
   std::lock_guard lock(g_heap.lock);
-  if (s->dtors != nullptr && !s->large) FreeDtorTable(s->dtors, s->nelems);
+  if (s->dtors != nullptr && !s->large) FreeSideTable(s->dtors, s->nelems * sizeof(DtorSlot));
+  if (s->special_heads != nullptr && !s->large) {
+    FreeSideTable(s->special_heads, s->nelems * sizeof(Special*));
+  }
   s->dtors = nullptr;
+  s->special_heads = nullptr;
   g_heap.pages.FreeSpan(s, g_heap.arenas);
 }
 

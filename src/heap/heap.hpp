@@ -56,9 +56,10 @@ extern constinit Heap g_heap;
 // The tiny allocator's span class: 16-byte noscan objects.
 inline constexpr SpanClass kTinySpanClass = SpanClass::Make(2, true, false);
 
-// Metadata bytes for destructor tables, under the heap lock.
-DtorSlot* AllocDtorTable(std::size_t nelems);
-void FreeDtorTable(DtorSlot* t, std::size_t nelems);
+// Zeroed per-span side tables (destructor slots, specials heads) in metadata memory, under
+// the heap lock; nullptr when the OS refuses.
+void* AllocSideTable(std::size_t bytes);
+void FreeSideTable(void* t, std::size_t bytes);
 
 // Frees a span's pages (sweep found it empty). Takes the heap lock.
 void FreeSpanToHeap(Span* s);

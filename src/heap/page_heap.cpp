@@ -133,7 +133,6 @@ void PageHeap::FreeSpan(Span* s, ArenaIndex& index) {
   ClearPageBit(index.ArenaOf(s->start)->page_in_use, PageInArena(s->start));
   inuse_ -= s->npages * kPageSize;
   s->dtors = nullptr;
-  s->specials = nullptr;
   InsertFree(s, index);
 }
 

@@ -67,8 +67,13 @@ struct Span {
   DtorSlot* dtors = nullptr;
   DtorSlot large_dtor{};
 
-  // Go: specials / speciallock. Sorted by (offset, kind).
-  Special* specials = nullptr;
+  // Go: specials / speciallock. Go keeps one list sorted by (offset, kind); gofin keeps one
+  // such list per object, headed from a table indexed by object number (allocated with the
+  // span's first special), so that adding or removing a special is O(1) however many objects
+  // of the span have one. special_count > 0 iff some list is non-empty.
+  Special** special_heads = nullptr;
+  Special* large_special_head = nullptr;
+  std::uint32_t special_count = 0;
   SpinLock specials_lock;
 
   alignas(8) std::uint8_t bitmaps[2][kBitmapBytes + 8] = {};
@@ -107,7 +112,9 @@ struct Span {
     alloc_cache = ~std::uint64_t{0};
     dtors = nullptr;
     large_dtor = {};
-    specials = nullptr;
+    special_heads = nullptr;
+    large_special_head = nullptr;
+    special_count = 0;
   }
 
   [[nodiscard]] std::size_t ObjIndex(std::uintptr_t p) const {

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <new>
 
 #include "gc/marker.hpp"
 #include "gc/sweeper.hpp"
@@ -35,6 +36,20 @@ void SetSpanHasSpecials(Span* s, bool has) {
   }
 }
 
+// The per-object list heads of s, allocating the table on first use (spans lock held).
+Special** HeadsFor(Span* s) {
+  if (s->special_heads == nullptr) {
+    if (s->large) {
+      s->special_heads = &s->large_special_head;
+    } else {
+      std::lock_guard lock(g_heap.lock);
+      s->special_heads = static_cast<Special**>(AllocSideTable(s->nelems * sizeof(Special*)));
+      if (s->special_heads == nullptr) throw std::bad_alloc();
+    }
+  }
+  return s->special_heads;
+}
+
 // Go: markrootSpans. Visits only spans whose first page is flagged in their arena.
 void MarkSpecials(MarkWorker& w) {
   const std::uintptr_t lo = g_heap.arenas.LoIndex();
@@ -48,12 +63,12 @@ void MarkSpecials(MarkWorker& w) {
         const int b = __builtin_ctz(bits);
         bits = static_cast<std::uint8_t>(bits & (bits - 1));
         Span* s = a->spans[byte * 8 + static_cast<std::size_t>(b)];
-        if (s == nullptr || s->state != SpanState::kInUse) continue;
-        for (Special* sp = s->specials; sp != nullptr; sp = sp->next) {
-          const SpecialKindOps& ops = g_ops[static_cast<std::size_t>(sp->kind)];
-          if (ops.mark == nullptr) continue;
-          const std::size_t idx = s->large ? 0 : sp->offset / s->elemsize;
-          ops.mark(sp, s->ObjBase(idx), w);
+        if (s == nullptr || s->state != SpanState::kInUse || s->special_count == 0) continue;
+        for (std::size_t i = 0; i < s->nelems; ++i) {
+          for (Special* sp = s->special_heads[i]; sp != nullptr; sp = sp->next) {
+            const SpecialKindOps& ops = g_ops[static_cast<std::size_t>(sp->kind)];
+            if (ops.mark != nullptr) ops.mark(sp, s->ObjBase(i), w);
+          }
         }
       }
     }
@@ -66,39 +81,35 @@ void SweepSpecials(Span* s) {
   Special** dead_tail = &dead;
   {
     std::lock_guard lock(s->specials_lock);
-    const std::size_t size = s->elemsize;
-    Special** link = &s->specials;
-    while (*link != nullptr) {
-      const std::size_t idx = s->large ? 0 : (*link)->offset / size;
-      if (s->IsMarked(idx)) {
-        link = &(*link)->next;
-        continue;
-      }
-      const std::uintptr_t end_offset = (idx + 1) * size;
-      // Pass 1: does the object have a finalizer? Then it lives one more cycle.
+    for (std::size_t i = 0; i < s->nelems && s->special_count != 0; ++i) {
+      Special** link = &s->special_heads[i];
+      if (*link == nullptr || s->IsMarked(i)) continue;
+      // Pass 1: does the object have a finalizer (at any offset: a tiny block holds several
+      // objects)? Then it lives one more cycle.
       bool resurrect = false;
-      for (Special* t = *link; t != nullptr && t->offset < end_offset; t = t->next) {
+      for (Special* t = *link; t != nullptr; t = t->next) {
         if (g_ops[static_cast<std::size_t>(t->kind)].resurrects) {
-          s->SetMarkNonAtomic(idx);
+          s->SetMarkNonAtomic(i);
           resurrect = true;
           break;
         }
       }
-      // Pass 2: queue every finalizer (all offsets of a tiny block); when the object really
-      // dies, every other record goes too.
-      while (*link != nullptr && (*link)->offset < end_offset) {
+      // Pass 2: queue every finalizer; when the object really dies, every other record goes
+      // too.
+      while (*link != nullptr) {
         Special* sp = *link;
         if (!resurrect || g_ops[static_cast<std::size_t>(sp->kind)].resurrects) {
           *link = sp->next;
           sp->next = nullptr;
           *dead_tail = sp;
           dead_tail = &sp->next;
+          --s->special_count;
         } else {
           link = &sp->next;
         }
       }
     }
-    if (s->specials == nullptr) SetSpanHasSpecials(s, false);
+    if (s->special_count == 0) SetSpanHasSpecials(s, false);
   }
   while (dead != nullptr) {
     Special* sp = dead;
@@ -110,6 +121,39 @@ void SweepSpecials(Span* s) {
     FreeSpecialRecord(sp);
   }
 }
+
+// The span of p, swept for this cycle, with the caller in a critical region so that no
+// collection can make it unswept again before the caller is done.
+Span* SweptSpanNoPreempt(std::uintptr_t addr) {
+  Span* span = g_heap.arenas.SpanOfHeap(addr);
+  if (span == nullptr) return nullptr;
+  for (;;) {
+    EnterNoPreempt();
+    if (span->sweepgen.load(std::memory_order_acquire) ==
+        g_heap.sweepgen.load(std::memory_order_relaxed)) {
+      return span;
+    }
+    ExitNoPreempt();
+    // Go: ensureSwept. Never splice into lists a sweep is still reading, and never attach to
+    // last cycle's dead object.
+    EnsureSwept(span);
+  }
+}
+
+// Holds SweptSpanNoPreempt's critical region for a scope.
+class SweptSpanScope {
+ public:
+  explicit SweptSpanScope(std::uintptr_t addr) : span_(SweptSpanNoPreempt(addr)) {}
+  ~SweptSpanScope() {
+    if (span_ != nullptr) ExitNoPreempt();
+  }
+  SweptSpanScope(const SweptSpanScope&) = delete;
+  SweptSpanScope& operator=(const SweptSpanScope&) = delete;
+  [[nodiscard]] Span* get() const { return span_; }
+
+ private:
+  Span* span_;
+};
 
 }  // namespace
 
@@ -142,57 +186,72 @@ void FreeSpecialRecord(Special* s) {
 }
 
 bool AddSpecial(const void* p, Special* s) {
-  // No collection between the sweep check and the splice.
-  StwGuard guard;
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  Span* span = g_heap.arenas.SpanOfHeap(addr);
-  // Go: ensureSwept. The sweep of a span walks its specials: never splice into a list an
-  // unfinished sweep is still reading, and never attach to last cycle's dead object.
-  EnsureSwept(span);
+  const SweptSpanScope scope(addr);
+  Span* span = scope.get();
+  if (span == nullptr) return false;
   s->offset = static_cast<std::uint32_t>(addr - span->start);
-  std::lock_guard lock(span->specials_lock);
-  Special** link = &span->specials;
-  for (; *link != nullptr; link = &(*link)->next) {
-    Special* x = *link;
-    if (x->offset == s->offset && x->kind == s->kind) return false;
-    if (s->offset < x->offset || (s->offset == x->offset && s->kind < x->kind)) break;
+  bool added = false;
+  {
+    std::lock_guard lock(span->specials_lock);
+    Special** link = &HeadsFor(span)[span->ObjIndex(addr)];
+    for (; *link != nullptr; link = &(*link)->next) {
+      Special* x = *link;
+      if (x->offset == s->offset && x->kind == s->kind) break;
+      if (s->offset < x->offset || (s->offset == x->offset && s->kind < x->kind)) break;
+    }
+    if (*link == nullptr || (*link)->offset != s->offset || (*link)->kind != s->kind) {
+      s->next = *link;
+      *link = s;
+      if (span->special_count++ == 0) SetSpanHasSpecials(span, true);
+      added = true;
+    }
   }
-  s->next = *link;
-  *link = s;
-  SetSpanHasSpecials(span, true);
-  return true;
+  return added;
 }
 
 Special* RemoveSpecial(const void* p, SpecialKind kind) {
-  StwGuard guard;
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  Span* span = g_heap.arenas.SpanOfHeap(addr);
+  const SweptSpanScope scope(addr);
+  Span* span = scope.get();
   if (span == nullptr) return nullptr;
-  EnsureSwept(span);
   const auto offset = static_cast<std::uint32_t>(addr - span->start);
-  std::lock_guard lock(span->specials_lock);
-  for (Special** link = &span->specials; *link != nullptr; link = &(*link)->next) {
-    Special* x = *link;
-    if (x->offset == offset && x->kind == kind) {
-      *link = x->next;
-      x->next = nullptr;
-      if (span->specials == nullptr) SetSpanHasSpecials(span, false);
-      return x;
+  Special* found = nullptr;
+  {
+    std::lock_guard lock(span->specials_lock);
+    if (span->special_count != 0) {
+      for (Special** link = &span->special_heads[span->ObjIndex(addr)]; *link != nullptr;
+           link = &(*link)->next) {
+        Special* x = *link;
+        if (x->offset == offset && x->kind == kind) {
+          *link = x->next;
+          x->next = nullptr;
+          if (--span->special_count == 0) SetSpanHasSpecials(span, false);
+          found = x;
+          break;
+        }
+      }
     }
   }
-  return nullptr;
+  return found;
 }
 
 bool HasSpecial(const void* p, SpecialKind kind) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  Span* span = g_heap.arenas.SpanOfHeap(addr);
+  const SweptSpanScope scope(addr);
+  Span* span = scope.get();
   if (span == nullptr) return false;
   const auto offset = static_cast<std::uint32_t>(addr - span->start);
-  std::lock_guard lock(span->specials_lock);
-  for (Special* x = span->specials; x != nullptr; x = x->next) {
-    if (x->offset == offset && x->kind == kind) return true;
+  bool found = false;
+  {
+    std::lock_guard lock(span->specials_lock);
+    if (span->special_count != 0) {
+      for (Special* x = span->special_heads[span->ObjIndex(addr)]; x != nullptr; x = x->next) {
+        if (x->offset == offset && x->kind == kind) found = true;
+      }
+    }
   }
-  return false;
+  return found;
 }
 
 void InitSpecials() {

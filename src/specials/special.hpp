@@ -28,10 +28,12 @@ struct Special {
   SpecialKind kind{};
 };
 
-// Go: specialfinalizer. The callable lives in a scanned GC block (what it captures stays
-// alive); this record only points at it.
+// Go: specialfinalizer (fn, nret, fint, ot). invoke(ctx, p) runs the finalizer; ctx is the
+// scanned GC block holding a stateful callable (what it captures stays alive), a plain
+// function's address, or null for a stateless one.
 struct SpecialFinalizer : Special {
-  void* box = nullptr;
+  void (*invoke)(void* ctx, void* obj) = nullptr;
+  void* ctx = nullptr;
 };
 
 // Go: specialCleanup (1.24). Reserved for AddCleanup.
