@@ -9,6 +9,7 @@
 #include <typeinfo>
 
 #include "gc/marker.hpp"
+#include "gc/stop_the_world.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/finalizer.hpp"
 #include "heap/fixalloc.hpp"
@@ -78,20 +79,7 @@ FinState& State() {
 // is not collected" never happens; a C++ thread's stack is scanned conservatively, so the
 // finalizer thread wipes what finished finalizers left below its frame and in scratch
 // registers before it sleeps (bdwgc: GC_clear_stack).
-[[gnu::noinline]] void ClearDeadStack() {
-  constexpr std::size_t kBytes = 64 * 1024;
-  volatile char scrub[kBytes];
-  for (std::size_t i = 0; i < kBytes; i += sizeof(void*)) {
-    *reinterpret_cast<volatile void* volatile*>(&scrub[i]) = nullptr;
-  }
-  asm volatile(
-      "xor %%eax, %%eax\n xor %%ecx, %%ecx\n xor %%edx, %%edx\n xor %%esi, %%esi\n"
-      "xor %%edi, %%edi\n xor %%r8d, %%r8d\n xor %%r9d, %%r9d\n xor %%r10d, %%r10d\n"
-      "xor %%r11d, %%r11d\n"
-      :
-      :
-      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory");
-}
+void ClearDeadStack() { gofin_clear_stack(64 * 1024); }
 
 // Go: runfinq.
 void RunFinalizers() {

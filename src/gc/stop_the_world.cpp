@@ -52,6 +52,35 @@ gofin_spill_registers_and_call:
   ret
   .cfi_endproc
   .size gofin_spill_registers_and_call, .-gofin_spill_registers_and_call
+
+  .globl gofin_clear_stack
+  .type gofin_clear_stack, @function
+gofin_clear_stack:
+  .cfi_startproc
+  mov %rsp, %rax
+  sub %rdi, %rsp
+  .cfi_adjust_cfa_offset 0
+  mov %rsp, %rcx
+1:
+  cmp %rax, %rcx
+  jae 2f
+  movq $0, (%rcx)
+  add $8, %rcx
+  jmp 1b
+2:
+  mov %rax, %rsp
+  xor %eax, %eax
+  xor %ecx, %ecx
+  xor %edx, %edx
+  xor %esi, %esi
+  xor %edi, %edi
+  xor %r8d, %r8d
+  xor %r9d, %r9d
+  xor %r10d, %r10d
+  xor %r11d, %r11d
+  ret
+  .cfi_endproc
+  .size gofin_clear_stack, .-gofin_clear_stack
   .section .note.GNU-stack,"",@progbits
   .text
 )");

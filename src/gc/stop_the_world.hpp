@@ -4,6 +4,7 @@
 // call); the handler saves the registers to the thread's record, publishes its stack pointer,
 // acknowledges and waits. A thread inside one of gofin's critical regions defers the stop to
 // the region's end (heap/safepoint.hpp).
+#include <cstddef>
 #include <cstdint>
 
 namespace gofin::internal {
@@ -22,5 +23,11 @@ void StartTheWorld();
 // address holding them: scanning [sp, stack base) then covers every register the caller had.
 using SpilledFn = void (*)(void* arg, std::uintptr_t sp);
 extern "C" void gofin_spill_registers_and_call(void* arg, SpilledFn fn);
+
+// bdwgc: GC_clear_stack. Zeroes `bytes` (a multiple of 8) of dead stack below the caller's
+// frame, moving the stack pointer over them first so that a signal handler never shares the
+// region, and zeroes the scratch registers: stale copies of pointers the caller's callees
+// held can no longer keep their objects alive.
+extern "C" void gofin_clear_stack(std::size_t bytes);
 
 }  // namespace gofin::internal
