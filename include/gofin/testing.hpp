@@ -7,4 +7,11 @@ namespace gofin::testing {
 // True once the finalizer queue is empty and no finalizer is running; false on timeout.
 bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout);
 
+// V8 cppgc: StackState. A collection like gofin::GC() that, with kNoHeapPointers, does not
+// scan the calling thread's stack and registers: for tests that keep every GC pointer
+// elsewhere (Root<T>, other threads) and need exact reachability despite conservative
+// scanning. Any GC pointer the caller holds only on its stack may be freed.
+enum class StackState { kMayContainHeapPointers, kNoHeapPointers };
+void GC(StackState state);
+
 }  // namespace gofin::testing

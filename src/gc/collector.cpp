@@ -16,6 +16,7 @@
 #include "gc/sweeper.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/gc.hpp"
+#include "gofin/testing.hpp"
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
 
@@ -56,9 +57,10 @@ void FlushAllCaches() {
   for (ThreadCache* c = g_heap.caches; c != nullptr; c = c->next) c->ReleaseAll();
 }
 
-void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp) {
+void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp, bool scan_self) {
   ThreadRecord* self = CurrentThreadRecord();
   for (ThreadRecord* r = RegistryHead(); r != nullptr; r = r->next) {
+    if (r == self && !scan_self) continue;
     std::uintptr_t sp = r == self ? self_sp : r->stopped_sp.load(std::memory_order_acquire);
     if (sp == 0) continue;
     // A thread on another stack (a signal stack, a coroutine) is scanned from its sp to the
@@ -72,12 +74,14 @@ void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp) {
 
 struct CycleArgs {
   bool forced;
+  bool scan_own_stack;
 };
 
 // Go: gcStart + gcMarkDone + gcMarkTermination, run on the spilled stack of the thread that
 // triggered the cycle.
 void RunCycle(void* arg, std::uintptr_t sp) {
-  const bool forced = static_cast<CycleArgs*>(arg)->forced;
+  const auto& cycle = *static_cast<CycleArgs*>(arg);
+  const bool forced = cycle.forced;
   const std::uint64_t t0 = NowNs();
   FinishSweep();
   const std::uint64_t heap_before = g_heap.heap_live.load(std::memory_order_relaxed);
@@ -88,7 +92,7 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   StopTheWorld();
   const std::uint64_t t1 = NowNs();
   FlushAllCaches();
-  AddThreadRoots(roots, sp);
+  AddThreadRoots(roots, sp, cycle.scan_own_stack);
   CollectUserRoots(roots);
   const MarkResult mark = Mark(roots);
   const std::uint64_t t2 = NowNs();
@@ -142,8 +146,8 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   }
 }
 
-void Collect(bool forced) {
-  CycleArgs args{forced};
+void Collect(bool forced, bool scan_own_stack = true) {
+  CycleArgs args{forced, scan_own_stack};
   gofin_spill_registers_and_call(&args, &RunCycle);
 }
 
@@ -213,13 +217,19 @@ void WithWorldStopped(void (*fn)(void*), void* arg) {
 
 namespace gofin {
 
-void GC() {
+namespace {
+void FullCollection(bool scan_own_stack) {
   internal::RegisterThread();
   // From a destructor the sweeper runs, a collection would wait for itself: do nothing.
   if (!internal::MayCollectHere()) return;
   std::lock_guard lock(internal::GcLock());
-  internal::Collect(true);
+  internal::Collect(true, scan_own_stack);
   internal::FinishSweep();
 }
+}  // namespace
+
+void GC() { FullCollection(true); }
+
+void testing::GC(StackState state) { FullCollection(state == StackState::kMayContainHeapPointers); }
 
 }  // namespace gofin
