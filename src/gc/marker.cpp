@@ -23,16 +23,6 @@ constexpr int kBalanceInterval = 64;
 constexpr std::size_t kMaxExtraRoots = 8;
 constinit std::atomic<ExtraRootsFn> g_extra_roots[kMaxExtraRoots] = {};
 
-struct HeapBounds {
-  std::uintptr_t lo;
-  std::uintptr_t size;
-};
-HeapBounds Bounds() {
-  const std::uintptr_t lo = g_heap.arenas.LoIndex() << kArenaShift;
-  const std::uintptr_t hi = g_heap.arenas.HiIndex() << kArenaShift;
-  return {lo, hi > lo ? hi - lo : 0};
-}
-
 // Go: gcBgMarkWorker's parking. The pool's threads are not registered mutators: they never
 // hold GC pointers outside a mark phase and are never stopped.
 struct MarkPhase {
@@ -175,19 +165,35 @@ void AddExtraRootsHook(ExtraRootsFn fn) {
   }
 }
 
+MarkWorker::MarkWorker(WorkQueue& q, std::atomic<bool>& overflow)
+    : queue_(q),
+      overflow_(overflow),
+      arenas_(g_heap.arenas.Entries()),
+      arena_lo_(g_heap.arenas.LoIndex()),
+      arena_count_(g_heap.arenas.HiIndex() > g_heap.arenas.LoIndex()
+                       ? g_heap.arenas.HiIndex() - g_heap.arenas.LoIndex()
+                       : 0) {}
+
 GOFIN_NO_SANITIZE void MarkWorker::ScanRange(std::uintptr_t lo, std::uintptr_t hi) {
-  const HeapBounds b = Bounds();
+  const std::uintptr_t heap_lo = arena_lo_ << kArenaShift;
+  const std::uintptr_t heap_size = arena_count_ << kArenaShift;
   for (std::uintptr_t p = lo; p < hi; p += sizeof(std::uintptr_t)) {
     const std::uintptr_t w = *reinterpret_cast<const std::uintptr_t*>(p);
-    if (w - b.lo < b.size) MarkPointer(w);
+    if (w - heap_lo < heap_size) MarkPointer(w);
   }
 }
 
+// Go: findObject + greyobject.
 void MarkWorker::MarkPointer(std::uintptr_t p) {
-  Span* s = g_heap.arenas.SpanOf(p);
+  const std::uintptr_t ai = (p >> kArenaShift) - arena_lo_;
+  if (ai >= arena_count_ || arenas_ == nullptr) return;
+  const HeapArena* a = arenas_[ai + arena_lo_].load(std::memory_order_relaxed);
+  if (a == nullptr) return;
+  Span* s = a->spans[PageInArena(p)];
   if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return;
   const std::size_t i = s->ObjIndex(p);
-  if (!s->IsAllocated(i) || !s->TryMark(i)) return;
+  // Already marked is the common case for shared objects: test that before anything else.
+  if (s->IsMarked(i) || !s->IsAllocated(i) || !s->TryMark(i)) return;
   bytes_marked_ += s->elemsize;
   if (s->spanclass.NoScan()) return;
   const std::uintptr_t base = s->ObjBase(i);

@@ -12,11 +12,12 @@
 namespace gofin::internal {
 
 struct Span;
+struct HeapArena;
 
 // One mark worker's view: its queue and counters. The specials layer marks through it.
 class MarkWorker {
  public:
-  MarkWorker(WorkQueue& q, std::atomic<bool>& overflow) : queue_(q), overflow_(overflow) {}
+  MarkWorker(WorkQueue& q, std::atomic<bool>& overflow);
 
   // Go: scanblock. Every word of [lo, hi) that points into an allocated object greys it.
   void ScanRange(std::uintptr_t lo, std::uintptr_t hi);
@@ -36,6 +37,10 @@ class MarkWorker {
   WorkQueue& queue_;
   std::atomic<bool>& overflow_;
   std::uint64_t bytes_marked_ = 0;
+  // The arena index as of this phase: no arena is added while the world is stopped.
+  const std::atomic<HeapArena*>* arenas_ = nullptr;
+  std::uintptr_t arena_lo_ = 0;
+  std::uintptr_t arena_count_ = 0;
 };
 
 // Go: markrootSpans, the finalizer queue root and friends, supplied by the layers above: each

@@ -68,6 +68,12 @@ class ArenaIndex {
 
   void Add(std::uintptr_t base, HeapArena* a);
 
+  // The raw table, for the marker's loop (it caches the table and bounds for a phase, during
+  // which no arena is added: the world is stopped).
+  [[nodiscard]] const std::atomic<HeapArena*>* Entries() const {
+    return entries_.load(std::memory_order_acquire);
+  }
+
   // Arena numbers, not addresses: gofin's globals never hold a heap address, so scanning the
   // data segment never finds one of them.
   [[nodiscard]] std::uintptr_t LoIndex() const { return lo_.load(std::memory_order_relaxed); }

@@ -21,7 +21,7 @@ void SetDtor(Span* s, std::size_t idx, DtorFn dtor, std::size_t count) {
 
 // The allocation slow paths end here: a collection may be due. Never from inside a guard or
 // from a destructor the sweeper runs (that collection would wait for this very sweep).
-void AfterSlowPath() {
+[[gnu::noinline]] void AfterSlowPath() {
   if (t_local.guard_depth == 0 && t_local.in_gc_user_code == 0 &&
       g_heap.heap_live.load(std::memory_order_relaxed) >=
           g_heap.gc_trigger.load(std::memory_order_relaxed)) {
@@ -31,8 +31,22 @@ void AfterSlowPath() {
 
 [[noreturn]] void OutOfMemory() { throw std::bad_alloc(); }
 
+// Go: memclrNoHeapPointers. Small objects are cleared inline: a call to memset costs more
+// than the clearing itself for the 16- to 64-byte objects that dominate allocation.
+inline void ZeroObject(std::uintptr_t v, std::size_t size) {
+  if (size <= 64) {
+    auto* w = reinterpret_cast<std::uint64_t*>(v);
+    for (std::size_t i = 0; i < size / 8; ++i) {
+      w[i] = 0;
+      asm volatile("" : : : "memory");  // keeps the loop from becoming a memset call
+    }
+  } else {
+    std::memset(reinterpret_cast<void*>(v), 0, size);
+  }
+}
+
 // Go: mcache.nextFree plus the small-object tail of mallocgc. Returns 0 when the OS refuses.
-std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor, std::size_t count,
+[[gnu::noinline]] std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor, std::size_t count,
                          std::size_t tiny_size) {
   StwGuard guard;
   Span* s = c->alloc[spc.value];
@@ -44,7 +58,7 @@ std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor, std::size_t
   }
   ++s->alloc_count;
   const std::uintptr_t v = s->ObjBase(idx);
-  if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, s->elemsize);
+  if (s->needzero) ZeroObject(v, s->elemsize);
   SetDtor(s, idx, dtor, count);
   if (tiny_size != 0 && (tiny_size < c->tiny_offset || c->tiny == 0)) {
     c->tiny = v;
@@ -54,7 +68,7 @@ std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor, std::size_t
 }
 
 // Go: mcache.allocLarge.
-std::uintptr_t LargeAlloc(std::size_t size, bool noscan, DtorFn dtor, std::size_t count) {
+[[gnu::noinline]] std::uintptr_t LargeAlloc(std::size_t size, bool noscan, DtorFn dtor, std::size_t count) {
   if (size > (std::size_t{1} << 46)) return 0;
   const std::size_t npages = (size + kPageSize - 1) >> kPageShift;
   StwGuard guard;
@@ -79,7 +93,8 @@ std::uintptr_t LargeAlloc(std::size_t size, bool noscan, DtorFn dtor, std::size_
   return s->start;
 }
 
-void* MallocOnce(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
+inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigned flags,
+                                                      DtorFn dtor, std::size_t count) {
   ThreadCache* c = t_local.cache;
   if (c == nullptr) [[unlikely]] c = AttachCurrentThread();
   const bool noscan = (flags & detail::kAllocNoScan) != 0;
@@ -123,7 +138,7 @@ void* MallocOnce(std::size_t size, unsigned flags, DtorFn dtor, std::size_t coun
       Span* s = c->alloc[spc.value];
       v = NextFreeFast(s);
       if (v != 0) {
-        if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, s->elemsize);
+        if (s->needzero) ZeroObject(v, s->elemsize);
         if (dtor != nullptr) s->dtors[s->freeindex - 1] = DtorSlot{dtor, count};
         ExitNoPreempt();
         return reinterpret_cast<void*>(v);
@@ -162,15 +177,22 @@ ObjectRef FindObject(const void* p) {
 
 namespace gofin::detail {
 
+namespace {
+// Go throws "out of memory"; a C++ library owes its caller std::bad_alloc, after one
+// collection has had the chance to give memory back.
+[[gnu::noinline]] void* RetryAfterOOM(std::size_t size, unsigned flags, DtorFn dtor,
+                                      std::size_t count) {
+  void* p = nullptr;
+  if (internal::CollectForOOM()) p = internal::MallocOnce(size, flags, dtor, count);
+  if (p == nullptr) internal::OutOfMemory();
+  return p;
+}
+}  // namespace
+
 void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
   if (size == 0) size = 1;
   void* p = internal::MallocOnce(size, flags, dtor, count);
-  if (p == nullptr) [[unlikely]] {
-    // Go throws "out of memory"; a C++ library owes its caller std::bad_alloc, after one
-    // collection has had the chance to give memory back.
-    if (internal::CollectForOOM()) p = internal::MallocOnce(size, flags, dtor, count);
-    if (p == nullptr) internal::OutOfMemory();
-  }
+  if (p == nullptr) [[unlikely]] return RetryAfterOOM(size, flags, dtor, count);
   return p;
 }
 
