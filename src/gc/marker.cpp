@@ -64,7 +64,7 @@ void ForEachMarkedScanObject(MarkWorker& w) {
     if (a == nullptr) continue;
     for (std::size_t pg = 0; pg < kPagesPerArena; ++pg) {
       if (!TestPageBit(a->page_in_use, pg)) continue;
-      Span* s = a->spans[pg];
+      Span* s = a->SpanAt(pg);
       if (s == nullptr || s->state != SpanState::kInUse || s->spanclass.NoScan()) continue;
       for (std::size_t i = 0; i < s->nelems; ++i) {
         if (s->IsMarked(i)) w.ScanObjectContents(s->ObjBase(i));
@@ -189,7 +189,7 @@ void MarkWorker::MarkPointer(std::uintptr_t p) {
   if (ai >= arena_count_ || arenas_ == nullptr) return;
   const HeapArena* a = arenas_[ai + arena_lo_].load(std::memory_order_relaxed);
   if (a == nullptr) return;
-  Span* s = a->spans[PageInArena(p)];
+  Span* s = a->SpanAt(PageInArena(p));
   if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return;
   const std::size_t i = s->ObjIndex(p);
   // Already marked is the common case for shared objects: test that before anything else.

@@ -17,10 +17,18 @@ inline constexpr std::size_t kPagesPerArena = kArenaSize / kPageSize;
 inline constexpr std::size_t kAddressBits = 48;
 inline constexpr std::size_t kArenaIndexEntries = std::size_t{1} << (kAddressBits - kArenaShift);
 
+inline std::size_t PageInArena(std::uintptr_t p) { return (p & (kArenaSize - 1)) >> kPageShift; }
+
 // Go: heapArena
 struct HeapArena {
   // Go: spans. In-use spans fill every page's entry; free runs only their first and last.
-  Span* spans[kPagesPerArena];
+  // Written under the heap lock, read without it (SetFinalizer, FindObject): relaxed atomics,
+  // since a reader only trusts an entry after checking the span's state and range.
+  std::atomic<Span*> spans[kPagesPerArena];
+
+  [[nodiscard]] Span* SpanAt(std::size_t page) const {
+    return spans[page].load(std::memory_order_relaxed);
+  }
   // Go: pageInUse: bit for the first page of each in-use span.
   std::uint8_t page_in_use[kPagesPerArena / 8];
   // Go: pageSpecials: bit for the first page of each span that has specials, so that the
@@ -56,7 +64,7 @@ class ArenaIndex {
   [[nodiscard]] Span* SpanOf(std::uintptr_t p) const {
     HeapArena* a = ArenaOf(p);
     if (a == nullptr) return nullptr;
-    return a->spans[(p & (kArenaSize - 1)) >> kPageShift];
+    return a->SpanAt(PageInArena(p));
   }
 
   // Go: spanOfHeap: only in-use spans that contain p.
@@ -94,6 +102,5 @@ inline void ClearPageBit(std::uint8_t* bits, std::size_t page) {
 inline bool TestPageBit(const std::uint8_t* bits, std::size_t page) {
   return ((bits[page / 8] >> (page % 8)) & 1U) != 0;
 }
-inline std::size_t PageInArena(std::uintptr_t p) { return (p & (kArenaSize - 1)) >> kPageShift; }
 
 }  // namespace gofin::internal

@@ -12,7 +12,7 @@ std::uintptr_t PageAddr(std::uintptr_t base, std::size_t i) { return base + i * 
 
 void PageHeap::SetSpanMap(std::uintptr_t base, std::size_t npages, Span* s, ArenaIndex& index,
                           bool all) {
-  auto set = [&](std::uintptr_t p) { index.ArenaOf(p)->spans[PageInArena(p)] = s; };
+  auto set = [&](std::uintptr_t p) { index.ArenaOf(p)->spans[PageInArena(p)].store(s, std::memory_order_relaxed); };
   if (all) {
     for (std::size_t i = 0; i < npages; ++i) set(PageAddr(base, i));
   } else {

@@ -62,7 +62,7 @@ void MarkSpecials(MarkWorker& w) {
       while (bits != 0) {
         const int b = __builtin_ctz(bits);
         bits = static_cast<std::uint8_t>(bits & (bits - 1));
-        Span* s = a->spans[byte * 8 + static_cast<std::size_t>(b)];
+        Span* s = a->SpanAt(byte * 8 + static_cast<std::size_t>(b));
         if (s == nullptr || s->state != SpanState::kInUse || s->special_count == 0) continue;
         for (std::size_t i = 0; i < s->nelems; ++i) {
           for (Special* sp = s->special_heads[i]; sp != nullptr; sp = sp->next) {
