@@ -6,9 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <thread>
-
 #include <gofin/gofin.hpp>
+#include <thread>
 
 namespace {
 

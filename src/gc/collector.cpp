@@ -111,13 +111,14 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   const std::uint64_t t3 = NowNs();
   const std::uint64_t pause = t3 - t1;
   g_pause_total.fetch_add(pause, std::memory_order_relaxed);
-  g_last_gc.store(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                 std::chrono::system_clock::now().time_since_epoch())
-                                                 .count()),
-                  std::memory_order_relaxed);
-  g_gc_cpu_ns.fetch_add((t1 - t0) + (t2 - t1) * static_cast<std::uint64_t>(mark.workers) +
-                            (t3 - t2),
-                        std::memory_order_relaxed);
+  g_last_gc.store(
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count()),
+      std::memory_order_relaxed);
+  g_gc_cpu_ns.fetch_add(
+      (t1 - t0) + (t2 - t1) * static_cast<std::uint64_t>(mark.workers) + (t3 - t2),
+      std::memory_order_relaxed);
   const std::uint64_t goal = ThePacer().Goal();
   SetScavengeGoal(goal + goal / 10 + (std::uint64_t{4} << 20));
   WakeBackgroundSweeper();
@@ -127,22 +128,21 @@ void RunCycle(void* arg, std::uintptr_t sp) {
     const double ms = 1e6;
     const std::uint64_t elapsed = t3 == 0 ? 1 : t3;
     const unsigned ncpu = std::max(1U, std::thread::hardware_concurrency());
-    const auto pct = static_cast<unsigned>(
-        100.0 * static_cast<double>(g_gc_cpu_ns.load()) / (static_cast<double>(elapsed) * ncpu));
-    std::fprintf(stderr,
-                 "gc %llu @%.3fs %u%%: %.3f+%.3f+%.3f ms clock, %.3f+%.3f/%.3f/0+%.3f ms cpu, "
-                 "%llu->%llu->%llu MB, %llu MB goal, 0 MB stacks, 0 MB globals, %d P%s\n",
-                 static_cast<unsigned long long>(n), static_cast<double>(t3) / 1e9, pct,
-                 static_cast<double>(t1 - t0) / ms, static_cast<double>(t2 - t1) / ms,
-                 static_cast<double>(t3 - t2) / ms, static_cast<double>(t1 - t0) / ms,
-                 static_cast<double>(t2 - t1) / ms,
-                 static_cast<double>((t2 - t1) * static_cast<std::uint64_t>(mark.workers - 1)) / ms,
-                 static_cast<double>(t3 - t2) / ms,
-                 static_cast<unsigned long long>(heap_before >> 20),
-                 static_cast<unsigned long long>(mark.bytes_marked >> 20),
-                 static_cast<unsigned long long>(mark.bytes_marked >> 20),
-                 static_cast<unsigned long long>(goal >> 20), mark.workers,
-                 forced ? " (forced)" : "");
+    const auto pct = static_cast<unsigned>(100.0 * static_cast<double>(g_gc_cpu_ns.load()) /
+                                           (static_cast<double>(elapsed) * ncpu));
+    std::fprintf(
+        stderr,
+        "gc %llu @%.3fs %u%%: %.3f+%.3f+%.3f ms clock, %.3f+%.3f/%.3f/0+%.3f ms cpu, "
+        "%llu->%llu->%llu MB, %llu MB goal, 0 MB stacks, 0 MB globals, %d P%s\n",
+        static_cast<unsigned long long>(n), static_cast<double>(t3) / 1e9, pct,
+        static_cast<double>(t1 - t0) / ms, static_cast<double>(t2 - t1) / ms,
+        static_cast<double>(t3 - t2) / ms, static_cast<double>(t1 - t0) / ms,
+        static_cast<double>(t2 - t1) / ms,
+        static_cast<double>((t2 - t1) * static_cast<std::uint64_t>(mark.workers - 1)) / ms,
+        static_cast<double>(t3 - t2) / ms, static_cast<unsigned long long>(heap_before >> 20),
+        static_cast<unsigned long long>(mark.bytes_marked >> 20),
+        static_cast<unsigned long long>(mark.bytes_marked >> 20),
+        static_cast<unsigned long long>(goal >> 20), mark.workers, forced ? " (forced)" : "");
   }
 }
 

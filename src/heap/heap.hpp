@@ -1,10 +1,11 @@
 #pragma once
 // Go: mheap_ (mheap.go). The one heap: page allocator, arena index, central lists, the sweep
 // generation, and the counters MemStats and the pacer read.
+#include <sched.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <sched.h>
 
 #include "heap/arena.hpp"
 #include "heap/central.hpp"

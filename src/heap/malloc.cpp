@@ -46,8 +46,8 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
 }
 
 // Go: mcache.nextFree plus the small-object tail of mallocgc. Returns 0 when the OS refuses.
-[[gnu::noinline]] std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor, std::size_t count,
-                         std::size_t tiny_size) {
+[[gnu::noinline]] std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor,
+                                           std::size_t count, std::size_t tiny_size) {
   StwGuard guard;
   Span* s = c->alloc[spc.value];
   std::uint32_t idx = s->NextFreeIndex();
@@ -68,7 +68,8 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
 }
 
 // Go: mcache.allocLarge.
-[[gnu::noinline]] std::uintptr_t LargeAlloc(std::size_t size, bool noscan, DtorFn dtor, std::size_t count) {
+[[gnu::noinline]] std::uintptr_t LargeAlloc(std::size_t size, bool noscan, DtorFn dtor,
+                                            std::size_t count) {
   if (size > (std::size_t{1} << 46)) return 0;
   const std::size_t npages = (size + kPageSize - 1) >> kPageShift;
   StwGuard guard;
@@ -94,9 +95,10 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
 }
 
 inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigned flags,
-                                                      DtorFn dtor, std::size_t count) {
+                                                       DtorFn dtor, std::size_t count) {
   ThreadCache* c = t_local.cache;
-  if (c == nullptr) [[unlikely]] c = AttachCurrentThread();
+  if (c == nullptr) [[unlikely]]
+    c = AttachCurrentThread();
   const bool noscan = (flags & detail::kAllocNoScan) != 0;
   std::uintptr_t v = 0;
   if (size <= kMaxSmallSize) {
@@ -192,7 +194,8 @@ namespace {
 void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
   if (size == 0) size = 1;
   void* p = internal::MallocOnce(size, flags, dtor, count);
-  if (p == nullptr) [[unlikely]] return RetryAfterOOM(size, flags, dtor, count);
+  if (p == nullptr) [[unlikely]]
+    return RetryAfterOOM(size, flags, dtor, count);
   return p;
 }
 
@@ -200,8 +203,8 @@ void* MallocAligned(std::size_t size, std::size_t align, unsigned flags, DtorFn 
                     std::size_t count) {
   if (align <= 16) return Malloc(size, flags, dtor, count);
   if (align > internal::kPageSize) throw std::bad_alloc();
-  return Malloc(internal::AlignedAllocSize(size == 0 ? 1 : size, align),
-                flags | kAllocNoTiny, dtor, count);
+  return Malloc(internal::AlignedAllocSize(size == 0 ? 1 : size, align), flags | kAllocNoTiny, dtor,
+                count);
 }
 
 void CancelDtor(void* p) noexcept {

@@ -12,7 +12,9 @@ std::uintptr_t PageAddr(std::uintptr_t base, std::size_t i) { return base + i * 
 
 void PageHeap::SetSpanMap(std::uintptr_t base, std::size_t npages, Span* s, ArenaIndex& index,
                           bool all) {
-  auto set = [&](std::uintptr_t p) { index.ArenaOf(p)->spans[PageInArena(p)].store(s, std::memory_order_relaxed); };
+  auto set = [&](std::uintptr_t p) {
+    index.ArenaOf(p)->spans[PageInArena(p)].store(s, std::memory_order_relaxed);
+  };
   if (all) {
     for (std::size_t i = 0; i < npages; ++i) set(PageAddr(base, i));
   } else {
@@ -25,9 +27,9 @@ void PageHeap::InsertFree(Span* s, ArenaIndex& index) {
   // Go: the old mheap's coalescing free. Neighbour runs are found through the page map: a free
   // run keeps its first and last page's entries current.
   const std::uintptr_t end = PageAddr(s->start, s->npages);
-  if (Span* prev = index.SpanOf(s->start - 1);
-      prev != nullptr && prev != s && prev->state == SpanState::kFree &&
-      PageAddr(prev->start, prev->npages) == s->start) {
+  if (Span* prev = index.SpanOf(s->start - 1); prev != nullptr && prev != s &&
+                                               prev->state == SpanState::kFree &&
+                                               PageAddr(prev->start, prev->npages) == s->start) {
     RemoveFree(prev);
     s->start = prev->start;
     s->npages += prev->npages;

@@ -14,12 +14,12 @@ struct ThreadCache;
 // Per-thread state the stop signal handler reads; initial-exec TLS so that the handler can
 // touch it without calling into the dynamic linker (async-signal-safe).
 struct ThreadLocalState {
-  int nosafepoint = 0;                       // depth of critical regions
+  int nosafepoint = 0;                             // depth of critical regions
   volatile std::sig_atomic_t preempt_pending = 0;  // a stop arrived inside a region
-  ThreadCache* cache = nullptr;              // Go: mcache; set once the thread is registered
-  void* record = nullptr;                    // gc/thread_registry's record for this thread
-  int guard_depth = 0;                       // nesting of StwGuard (heap.hpp)
-  int in_gc_user_code = 0;                   // running destructors for the sweeper
+  ThreadCache* cache = nullptr;                    // Go: mcache; set once the thread is registered
+  void* record = nullptr;                          // gc/thread_registry's record for this thread
+  int guard_depth = 0;                             // nesting of StwGuard (heap.hpp)
+  int in_gc_user_code = 0;                         // running destructors for the sweeper
 };
 
 extern constinit thread_local ThreadLocalState t_local __attribute__((tls_model("initial-exec")));

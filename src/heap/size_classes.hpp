@@ -10,25 +10,24 @@ namespace gofin::internal {
 
 inline constexpr std::size_t kPageShift = 13;
 inline constexpr std::size_t kPageSize = std::size_t{1} << kPageShift;  // Go: _PageSize
-inline constexpr std::size_t kMaxSmallSize = 32768;                      // Go: _MaxSmallSize
-inline constexpr std::size_t kTinySize = 16;                             // Go: maxTinySize
-inline constexpr std::size_t kNumSizeClasses = 68;                       // Go: _NumSizeClasses
+inline constexpr std::size_t kMaxSmallSize = 32768;                     // Go: _MaxSmallSize
+inline constexpr std::size_t kTinySize = 16;                            // Go: maxTinySize
+inline constexpr std::size_t kNumSizeClasses = 68;                      // Go: _NumSizeClasses
 inline constexpr std::size_t kSmallSizeDiv = 8;
 inline constexpr std::size_t kSmallSizeMax = 1024;
 inline constexpr std::size_t kLargeSizeDiv = 128;
 
 inline constexpr std::array<std::uint16_t, kNumSizeClasses> kClassToSize = {
-    0,     8,     16,    24,    32,    48,    64,    80,    96,    112,   128,   144,
-    160,   176,   192,   208,   224,   240,   256,   288,   320,   352,   384,   416,
-    448,   480,   512,   576,   640,   704,   768,   896,   1024,  1152,  1280,  1408,
-    1536,  1792,  2048,  2304,  2688,  3072,  3200,  3456,  4096,  4864,  5376,  6144,
-    6528,  6784,  6912,  8192,  9472,  9728,  10240, 10880, 12288, 13568, 14336, 16384,
-    18432, 19072, 20480, 21760, 24576, 27264, 28672, 32768};
+    0,     8,     16,    24,    32,    48,    64,    80,    96,    112,   128,   144,  160,   176,
+    192,   208,   224,   240,   256,   288,   320,   352,   384,   416,   448,   480,  512,   576,
+    640,   704,   768,   896,   1024,  1152,  1280,  1408,  1536,  1792,  2048,  2304, 2688,  3072,
+    3200,  3456,  4096,  4864,  5376,  6144,  6528,  6784,  6912,  8192,  9472,  9728, 10240, 10880,
+    12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576, 27264, 28672, 32768};
 
 inline constexpr std::array<std::uint8_t, kNumSizeClasses> kClassToPages = {
-    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 2, 1, 2, 1, 3, 2, 3, 1, 3, 2, 3,
-    4, 5, 6, 1, 7, 6, 5, 4, 3, 5, 7, 2, 9, 7, 5, 8, 3, 10, 7, 4};
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 2, 1, 2, 1, 3, 2,  3, 1, 3,
+    2, 3, 4, 5, 6, 1, 7, 6, 5, 4, 3, 5, 7, 2, 9, 7, 5, 8, 3, 10, 7, 4};
 
 // Go: class_to_divmagic. (offset * magic) >> 32 == offset / size for every offset inside a
 // span of the class, which turns the collector's object-index division into a multiply.
@@ -83,8 +82,8 @@ constexpr std::size_t ClassObjects(std::size_t c) {
 struct SpanClass {
   std::uint16_t value = 0;
   static constexpr SpanClass Make(std::size_t sizeclass, bool noscan, bool dtor) {
-    return SpanClass{static_cast<std::uint16_t>((sizeclass << 2) | (dtor ? 2U : 0U) |
-                                                (noscan ? 1U : 0U))};
+    return SpanClass{
+        static_cast<std::uint16_t>((sizeclass << 2) | (dtor ? 2U : 0U) | (noscan ? 1U : 0U))};
   }
   [[nodiscard]] constexpr std::size_t SizeClass() const { return value >> 2; }
   [[nodiscard]] constexpr bool NoScan() const { return (value & 1U) != 0; }

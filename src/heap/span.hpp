@@ -131,7 +131,8 @@ struct Span {
 
   [[nodiscard]] bool IsMarked(std::size_t i) const {
     return (std::atomic_ref<std::uint8_t>(mark_bits[i / 8]).load(std::memory_order_relaxed) >>
-            (i % 8)) & 1U;
+            (i % 8)) &
+           1U;
   }
   // Sets the mark bit; true if this call set it. Relaxed: the world is stopped, and the mark
   // termination handshake orders the bits before sweep reads them.
@@ -141,7 +142,9 @@ struct Span {
     if ((byte.load(std::memory_order_relaxed) & bit) != 0) return false;
     return (byte.fetch_or(bit, std::memory_order_relaxed) & bit) == 0;
   }
-  void SetMarkNonAtomic(std::size_t i) { mark_bits[i / 8] |= static_cast<std::uint8_t>(1U << (i % 8)); }
+  void SetMarkNonAtomic(std::size_t i) {
+    mark_bits[i / 8] |= static_cast<std::uint8_t>(1U << (i % 8));
+  }
 
   // Go: refillAllocCache. whichByte is a multiple of 8.
   void RefillAllocCache(std::size_t which_byte) {

@@ -166,10 +166,18 @@ Special* NewSpecial(SpecialKind kind) {
   std::lock_guard lock(g_special_lock);
   Special* s = nullptr;
   switch (kind) {
-    case SpecialKind::kFinalizer: s = g_finalizer_alloc.Alloc(); break;
-    case SpecialKind::kCleanup: s = g_cleanup_alloc.Alloc(); break;
-    case SpecialKind::kWeakHandle: s = g_weak_alloc.Alloc(); break;
-    case SpecialKind::kProfile: s = g_profile_alloc.Alloc(); break;
+    case SpecialKind::kFinalizer:
+      s = g_finalizer_alloc.Alloc();
+      break;
+    case SpecialKind::kCleanup:
+      s = g_cleanup_alloc.Alloc();
+      break;
+    case SpecialKind::kWeakHandle:
+      s = g_weak_alloc.Alloc();
+      break;
+    case SpecialKind::kProfile:
+      s = g_profile_alloc.Alloc();
+      break;
   }
   s->kind = kind;
   return s;
@@ -178,10 +186,18 @@ Special* NewSpecial(SpecialKind kind) {
 void FreeSpecialRecord(Special* s) {
   std::lock_guard lock(g_special_lock);
   switch (s->kind) {
-    case SpecialKind::kFinalizer: g_finalizer_alloc.Free(static_cast<SpecialFinalizer*>(s)); break;
-    case SpecialKind::kCleanup: g_cleanup_alloc.Free(static_cast<SpecialCleanup*>(s)); break;
-    case SpecialKind::kWeakHandle: g_weak_alloc.Free(static_cast<SpecialWeakHandle*>(s)); break;
-    case SpecialKind::kProfile: g_profile_alloc.Free(static_cast<SpecialProfile*>(s)); break;
+    case SpecialKind::kFinalizer:
+      g_finalizer_alloc.Free(static_cast<SpecialFinalizer*>(s));
+      break;
+    case SpecialKind::kCleanup:
+      g_cleanup_alloc.Free(static_cast<SpecialCleanup*>(s));
+      break;
+    case SpecialKind::kWeakHandle:
+      g_weak_alloc.Free(static_cast<SpecialWeakHandle*>(s));
+      break;
+    case SpecialKind::kProfile:
+      g_profile_alloc.Free(static_cast<SpecialProfile*>(s));
+      break;
   }
 }
 

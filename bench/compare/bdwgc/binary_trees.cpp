@@ -38,7 +38,8 @@ long item_check(const Node* n) {
 
 int main(int argc, char** argv) {
   GC_INIT();
-  GC_start_mark_threads();  // parallel marking (GC_MARKERS, default: cores), as gofin and Go mark in parallel
+  GC_start_mark_threads();  // parallel marking (GC_MARKERS, default: cores), as gofin and Go mark
+                            // in parallel
   const int n = static_cast<int>(cmp::arg_long(argc, argv, 1, 18));
   const int min_depth = 4;
   const int max_depth = n < min_depth + 2 ? min_depth + 2 : n;

@@ -9,7 +9,8 @@
 //                              finalizer.  ns_per_op = wall / (2 * ops).  bdwgc's default
 //                              mode: finalizers run inside allocation calls of these threads
 //                              (gofin and Go run them on a separate thread/goroutine).
-//   e2e        [log2n=20]      GC_set_finalize_on_demand(1); 2^n 16-byte objects (GC_MALLOC) with finalizers made
+//   e2e        [log2n=20]      GC_set_finalize_on_demand(1); 2^n 16-byte objects (GC_MALLOC) with
+//   finalizers made
 //                              garbage; time from dropping them to the last finalizer having
 //                              run: GC_gcollect(), then GC_invoke_finalizers() on this thread
 //                              until the counter reaches 2^n (another GC_gcollect() only if
@@ -210,7 +211,8 @@ int gc_heap(long n) {
   const double with_fin = median_gc_ms();
   GC_invoke_finalizers();
   if (g_finalized.load() != 0 || arr[n - 1] == nullptr) {
-    std::printf("ERROR bdwgc fin_gc_heap: %ld finalizers of live objects ran\n", g_finalized.load());
+    std::printf("ERROR bdwgc fin_gc_heap: %ld finalizers of live objects ran\n",
+                g_finalized.load());
     return 1;
   }
   cmp::result(wl, kImpl, "objects", static_cast<double>(n), "objs", 0);
@@ -227,7 +229,8 @@ int gc_heap(long n) {
 int main(int argc, char** argv) {
   GC_INIT();
   GC_allow_register_threads();
-  GC_start_mark_threads();  // parallel marking (GC_MARKERS, default: cores), as gofin and Go mark in parallel
+  GC_start_mark_threads();  // parallel marking (GC_MARKERS, default: cores), as gofin and Go mark
+                            // in parallel
   const std::string sub = argc > 1 ? argv[1] : "";
   if (sub == "set_remove") return set_remove(cmp::arg_long(argc, argv, 2, 2000));
   if (sub == "alloc_set") return alloc_set(cmp::arg_long(argc, argv, 2, 1L << 20));

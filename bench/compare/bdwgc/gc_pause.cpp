@@ -46,12 +46,13 @@ std::size_t count(const Node* n) {
 
 int main(int argc, char** argv) {
   GC_INIT();
-  GC_start_mark_threads();  // parallel marking (GC_MARKERS, default: cores), as gofin and Go mark in parallel
+  GC_start_mark_threads();  // parallel marking (GC_MARKERS, default: cores), as gofin and Go mark
+                            // in parallel
   const long mib = cmp::arg_long(argc, argv, 1, 256);
   const std::size_t live_bytes = static_cast<std::size_t>(mib) << 20;
   const std::size_t nodes = live_bytes / sizeof(Node);
-  std::printf("INFO bdwgc gc_pause live=%ld MiB nodes=%zu GC_MARKERS=%s parallel=%d\n", mib,
-              nodes, cmp::env_or("GC_MARKERS", "(default)"), GC_get_parallel());
+  std::printf("INFO bdwgc gc_pause live=%ld MiB nodes=%zu GC_MARKERS=%s parallel=%d\n", mib, nodes,
+              cmp::env_or("GC_MARKERS", "(default)"), GC_get_parallel());
 
   const double b0 = cmp::now_ms();
   Node* root = build(nodes);

@@ -7,7 +7,8 @@
 //                              us_per_batch = wall time / (2 * batches), as b.RunParallel.
 //   alloc_set  [ops=1048576]   2 threads, each ops times: p = New<long>(); SetFinalizer(p, f).
 //                              Go's BenchmarkFinalizerRun.  ns_per_op = wall / (2 * ops).
-//   e2e        [log2n=20]      2^n 16-byte objects (Obj) with finalizers made garbage; time from dropping
+//   e2e        [log2n=20]      2^n 16-byte objects (Obj) with finalizers made garbage; time from
+//   dropping
 //                              them to the last finalizer having run (GC() then wait on a
 //                              counter, bounded; another GC() only if the queue drained short,
 //                              i.e. conservative scanning kept some alive: gc_rounds > 1).
@@ -16,12 +17,11 @@
 // (a) and (b) use 8-byte pointer-free objects (tiny allocator), as Go's benchmarks do;
 // (c) and (d) use a 16-byte scanned Obj so that no tiny block is shared with a live object
 // (which, as in Go, would keep a whole tiny block and its finalizers alive).
-#include <gofin/gofin.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <gofin/gofin.hpp>
 #include <latch>
 #include <mutex>
 #include <string>
@@ -161,7 +161,8 @@ int e2e(long log2n) {
       // Queue drained (and no finalizer running) but not all ran: some objects were kept by
       // conservative roots.  Collect again, as a Go test would loop on runtime.GC().
       lk.unlock();
-      const bool drained = gofin::testing::BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds(0));
+      const bool drained =
+          gofin::testing::BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds(0));
       if (drained && g_finalized.load() < n && rounds < 5) {
         std::printf("INFO gofin fin_e2e: queue drained at %ld/%ld finalized, collecting again\n",
                     g_finalized.load(), n);
@@ -211,7 +212,8 @@ int gc_heap(long n) {
   const double with_fin = median_gc_ms();
   gofin::KeepAlive(arr);
   if (g_finalized.load() != 0) {
-    std::printf("ERROR gofin fin_gc_heap: %ld finalizers of live objects ran\n", g_finalized.load());
+    std::printf("ERROR gofin fin_gc_heap: %ld finalizers of live objects ran\n",
+                g_finalized.load());
     return 1;
   }
   cmp::result(wl, kImpl, "objects", static_cast<double>(n), "objs", 0);

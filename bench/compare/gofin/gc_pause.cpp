@@ -6,9 +6,8 @@
 // stw_ms is the growth of MemStats.PauseTotalNs over that call (the stop-the-world part).
 // The number of GC workers comes from GOFIN_GCWORKERS (run.sh runs 1 and 2).
 // Usage: compare_gofin_gc_pause [live_MiB=256]
-#include <gofin/gofin.hpp>
-
 #include <cstdint>
+#include <gofin/gofin.hpp>
 
 #include "compare_common.hpp"
 
