@@ -1,9 +1,12 @@
 #include "finalizer/finalizer_queue.hpp"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <typeinfo>
@@ -54,6 +57,26 @@ struct FinState {
 FinState& State() {
   static FinState* s = new FinState();  // NOLINT: lives for the process
   return *s;
+}
+
+void RunFinalizers();
+constinit std::atomic<bool> g_fing_alive{false};
+
+void StartFinalizerThread() {
+  if (g_fing_alive.exchange(true, std::memory_order_acq_rel)) return;
+  State().status.fetch_or(kFingCreated, std::memory_order_relaxed);
+  std::thread(RunFinalizers).detach();
+}
+
+// After fork(), in the child: the finalizer thread is gone (a finalizer it was running is
+// lost); queued ones wait for a new thread, started now if one existed.
+void AfterForkInChild() {
+  FinState& st = State();
+  std::construct_at(&st.lock);
+  std::construct_at(&st.wake);
+  std::construct_at(&st.idle);
+  st.running = false;
+  if (g_fing_alive.exchange(false, std::memory_order_acq_rel)) StartFinalizerThread();
 }
 
 // Runs record i-1 of the batch. Its own frame, which holds the object and the callable while
@@ -147,10 +170,8 @@ void QueueFinalizer(void* obj, FinalizerInvoke invoke, void* ctx) {
 
 void CreateFinalizerThread() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    State().status.fetch_or(kFingCreated, std::memory_order_relaxed);
-    std::thread(RunFinalizers).detach();
-  });
+  std::call_once(once, [] { pthread_atfork(nullptr, nullptr, &AfterForkInChild); });
+  StartFinalizerThread();
 }
 
 void MarkFinalizerQueueRoots(MarkWorker& w) {

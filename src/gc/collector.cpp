@@ -1,11 +1,13 @@
 #include "gc/collector.hpp"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -146,7 +148,21 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   }
 }
 
+// bdwgc: GC_atfork_*. Go supports no fork without exec; gofin's child gets a usable heap
+// when the other threads were not inside gofin at the fork: only the forking thread survives,
+// so every lock is re-made, every other thread's record and cache dropped, and the helper
+// threads (mark workers, sweeper, finalizer thread) start afresh when next needed.
+void AfterForkInChild() {
+  ResetHeapLocksAfterFork();
+  ResetRegistryAfterFork();
+  ResetUserRootsAfterFork();
+  ResetMarkWorkersAfterFork();
+  ResetSweeperAfterFork();
+  std::construct_at(&GcLock());
+}
+
 void Collect(bool forced, bool scan_own_stack = true) {
+  InitMarkWorkers(g_config.workers);  // again after a fork
   CycleArgs args{forced, scan_own_stack};
   gofin_spill_registers_and_call(&args, &RunCycle);
 }
@@ -175,6 +191,7 @@ void EnsureCollectorInitialized() {
     ThePacer().InitFromEnv();
     InitStopTheWorld();
     InitMarkWorkers(workers);
+    pthread_atfork(nullptr, nullptr, &AfterForkInChild);
   });
 }
 

@@ -46,9 +46,10 @@ struct WorkerPool {
   MarkPhase* phase = nullptr;
 };
 
+constinit WorkerPool* g_pool = nullptr;
 WorkerPool& Pool() {
-  static WorkerPool* p = new WorkerPool();  // NOLINT: lives for the process
-  return *p;
+  static WorkerPool* p = g_pool = new WorkerPool();  // NOLINT: lives for the process
+  return *g_pool;
 }
 
 MarkPhase& Phase() {
@@ -243,6 +244,13 @@ void InitMarkWorkers(int nworkers) {
     std::thread(WorkerThread, p.threads + 1).detach();
     ++p.threads;
   }
+}
+
+void ResetMarkWorkersAfterFork() {
+  // The workers did not survive the fork; their pool's lock and condition variables may
+  // describe threads that no longer exist. A fresh pool (the old one is abandoned).
+  (void)Pool();
+  g_pool = new WorkerPool();  // NOLINT: lives for the process
 }
 
 MarkResult Mark(const RootRangeList& roots) {

@@ -55,6 +55,7 @@ struct MarkResult {
 
 // Starts the worker threads (before any stop: thread creation may allocate).
 void InitMarkWorkers(int nworkers);
+void ResetMarkWorkersAfterFork();
 // The mark phase; the world is stopped and roots holds every root range.
 MarkResult Mark(const RootRangeList& roots);
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <new>
 
@@ -76,6 +77,8 @@ void CollectDataSegments(RootRangeList& out) {
       },
       &out);
 }
+
+void ResetUserRootsAfterFork() { std::construct_at(&Roots().lock); }
 
 void LockUserRoots() { Roots().lock.lock(); }
 void UnlockUserRoots() { Roots().lock.unlock(); }

@@ -36,5 +36,7 @@ void CollectDataSegments(RootRangeList& out);
 void LockUserRoots();
 void UnlockUserRoots();
 void CollectUserRoots(RootRangeList& out);
+// After fork(), in the child: the lock may be held by a thread that no longer exists.
+void ResetUserRootsAfterFork();
 
 }  // namespace gofin::internal

@@ -23,9 +23,10 @@ struct Background {
   std::uint64_t requested = 0;
   bool started = false;
 };
+constinit Background* g_bg = nullptr;
 Background& Bg() {
-  static Background* b = new Background();  // NOLINT: lives for the process
-  return *b;
+  static Background* b = g_bg = new Background();  // NOLINT: lives for the process
+  return *g_bg;
 }
 
 // Sweeper-run destructors are user code: while they run, an allocation must not start a
@@ -171,6 +172,12 @@ void FinishSweep() {
     SweepOneClaimed(s);
   }
   while (g_heap.sweeps_in_flight.load(std::memory_order_acquire) != 0) sched_yield();
+}
+
+void ResetSweeperAfterFork() {
+  (void)Bg();
+  g_bg = new Background();  // NOLINT: the sweeper thread did not survive the fork
+  g_heap.sweeps_in_flight.store(0, std::memory_order_relaxed);
 }
 
 void WakeBackgroundSweeper() {

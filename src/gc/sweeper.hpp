@@ -20,6 +20,8 @@ void SetSweepSpecialsHook(SweepSpecialsFn fn);
 void FinishSweep();
 // Starts the background sweeper (once) and wakes it for a new cycle.
 void WakeBackgroundSweeper();
+// After fork(), in the child: the sweeper thread is gone; a new one starts with the next cycle.
+void ResetSweeperAfterFork();
 // Bytes the scavenger should leave resident after this cycle (Go: the scavenger's goal).
 void SetScavengeGoal(std::uint64_t bytes);
 

@@ -3,6 +3,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <memory>
+
 #include "gc/collector.hpp"
 #include "gofin/detail/runtime.hpp"
 #include "heap/fixalloc.hpp"
@@ -100,6 +102,33 @@ void UnregisterThread() {
   g_record_alloc.Free(r);
   g_thread_count.fetch_sub(1, std::memory_order_relaxed);
   t_exit_guard.armed = false;
+}
+
+void ResetRegistryAfterFork() {
+  std::construct_at(&RegistryLock());
+  auto* self = static_cast<ThreadRecord*>(t_local.record);
+  ThreadRecord* r = g_threads;
+  g_threads = nullptr;
+  std::size_t n = 0;
+  while (r != nullptr) {
+    ThreadRecord* next = r->next;
+    if (r == self) {
+      r->next = r->prev = nullptr;
+      r->thread = pthread_self();
+      r->tid = static_cast<pid_t>(syscall(SYS_gettid));
+      g_threads = r;
+      ++n;
+    } else {
+      // The thread is gone: its cached spans go back to the central lists.
+      if (r->cache != nullptr) {
+        r->cache->ReleaseAll();
+        RemoveThreadCache(r->cache);
+      }
+      g_record_alloc.Free(r);
+    }
+    r = next;
+  }
+  g_thread_count.store(n, std::memory_order_relaxed);
 }
 
 ThreadCache* AttachCurrentThread() {

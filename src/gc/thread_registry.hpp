@@ -40,5 +40,7 @@ ThreadRecord* CurrentThreadRecord();
 bool RegisterThread();
 void UnregisterThread();
 std::size_t RegisteredThreadCount();  // approximate, for statistics
+// After fork(), in the child: only the forking thread exists.
+void ResetRegistryAfterFork();
 
 }  // namespace gofin::internal

@@ -2,6 +2,7 @@
 
 #include <bit>
 #include <cstring>
+#include <memory>
 #include <mutex>
 
 #include "heap/os_memory.hpp"
@@ -58,6 +59,13 @@ void FreeSideTable(void* t, std::size_t want) {
   auto* f = static_cast<FreeBlock*>(t);
   f->next = g_dtor_free[b];
   g_dtor_free[b] = f;
+}
+
+void ResetHeapLocksAfterFork() {
+  std::construct_at(&g_heap.lock);
+  for (auto& c : g_heap.central) std::construct_at(&c.lock);
+  g_heap.world_stopping.store(false, std::memory_order_relaxed);
+  g_heap.stw_blockers.store(0, std::memory_order_relaxed);
 }
 
 void FreeSpanToHeap(Span* s) {

@@ -62,6 +62,10 @@ inline constexpr SpanClass kTinySpanClass = SpanClass::Make(2, true, false);
 void* AllocSideTable(std::size_t bytes);
 void FreeSideTable(void* t, std::size_t bytes);
 
+// After fork(), in the child: locks held by threads that no longer exist are released
+// (the structures they guard are consistent unless such a thread was mid-update).
+void ResetHeapLocksAfterFork();
+
 // Frees a span's pages (sweep found it empty). Takes the heap lock.
 void FreeSpanToHeap(Span* s);
 

@@ -59,11 +59,7 @@ ThreadCache* NewThreadCache() {
   return c;
 }
 
-void FreeThreadCache(ThreadCache* c) {
-  {
-    StwGuard guard;
-    c->ReleaseAll();
-  }
+void RemoveThreadCache(ThreadCache* c) {
   std::lock_guard lock(g_heap.lock);
   for (ThreadCache** p = &g_heap.caches; *p != nullptr; p = &(*p)->next) {
     if (*p == c) {
@@ -72,6 +68,14 @@ void FreeThreadCache(ThreadCache* c) {
     }
   }
   g_heap.cache_alloc.Free(c);
+}
+
+void FreeThreadCache(ThreadCache* c) {
+  {
+    StwGuard guard;
+    c->ReleaseAll();
+  }
+  RemoveThreadCache(c);
 }
 
 }  // namespace gofin::internal

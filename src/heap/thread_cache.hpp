@@ -48,5 +48,7 @@ inline std::uintptr_t NextFreeFast(Span* s) {
 
 ThreadCache* NewThreadCache();
 void FreeThreadCache(ThreadCache* c);
+// Unlinks and frees a cache whose spans were already released.
+void RemoveThreadCache(ThreadCache* c);
 
 }  // namespace gofin::internal

@@ -1,6 +1,9 @@
 #include "specials/special.hpp"
 
+#include <pthread.h>
+
 #include <atomic>
+#include <memory>
 #include <mutex>
 #include <new>
 
@@ -273,6 +276,8 @@ bool HasSpecial(const void* p, SpecialKind kind) {
 void InitSpecials() {
   static std::once_flag once;
   std::call_once(once, [] {
+    // After fork(), in the child: the lock may be held by a thread that no longer exists.
+    pthread_atfork(nullptr, nullptr, [] { std::construct_at(&g_special_lock); });
     AddExtraRootsHook(&MarkSpecials);
     SetSweepSpecialsHook(&SweepSpecials);
   });
