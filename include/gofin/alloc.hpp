@@ -38,12 +38,14 @@ constexpr DtorFn DtorOf() {
 }
 
 template <class T>
-void* AllocateFor(std::size_t bytes, std::size_t count) {
+void* AllocateFor(std::size_t bytes, std::size_t count, unsigned extra_flags = 0) {
   static_assert(alignof(T) <= 8192, "gofin: alignments above 8192 bytes are not supported");
-  if constexpr (alignof(T) > 16) {
-    return MallocAligned(bytes, alignof(T), AllocFlags<T>(), DtorOf<T>(), count);
+  if constexpr (alignof(T) >= 16) {
+    // A padded 16-byte-aligned array would land in the 24-byte class: pick a class whose
+    // object size keeps the alignment.
+    return MallocAligned(bytes, alignof(T), AllocFlags<T>() | extra_flags, DtorOf<T>(), count);
   } else {
-    return Malloc(bytes, AllocFlags<T>(), DtorOf<T>(), count);
+    return Malloc(bytes, AllocFlags<T>() | extra_flags, DtorOf<T>(), count);
   }
 }
 
@@ -82,7 +84,7 @@ T* NewArray(std::size_t n) {
   static_assert(std::is_object_v<T> && !std::is_array_v<T>,
                 "gofin::NewArray<T>: T must be a complete non-array object type");
   if (n > (std::numeric_limits<std::size_t>::max() - 1) / sizeof(T)) throw std::bad_alloc();
-  void* mem = detail::AllocateFor<T>(n * sizeof(T) + 1, n);
+  void* mem = detail::AllocateFor<T>(n * sizeof(T) + 1, n, detail::kAllocPadded);
   T* arr = static_cast<T*>(mem);
   if constexpr (!std::is_trivially_default_constructible_v<T>) {
     std::size_t i = 0;
@@ -102,13 +104,13 @@ T* NewArray(std::size_t n) {
 // Zeroed bytes, scanned conservatively for pointers.
 inline void* Alloc(std::size_t bytes) {
   if (bytes == std::numeric_limits<std::size_t>::max()) throw std::bad_alloc();
-  return detail::Malloc(bytes + 1, 0, nullptr, 0);
+  return detail::Malloc(bytes + 1, detail::kAllocPadded, nullptr, 0);
 }
 
 // Zeroed bytes that are never scanned: they must hold no GC pointers.
 inline void* AllocNoScan(std::size_t bytes) {
   if (bytes == std::numeric_limits<std::size_t>::max()) throw std::bad_alloc();
-  return detail::Malloc(bytes + 1, detail::kAllocNoScan, nullptr, 0);
+  return detail::Malloc(bytes + 1, detail::kAllocNoScan | detail::kAllocPadded, nullptr, 0);
 }
 
 }  // namespace gofin

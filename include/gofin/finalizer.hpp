@@ -96,6 +96,10 @@ void SetFinalizer(T* obj, F&& finalizer) {
     return;  // Go: a global never becomes unreachable; setting is a no-op
   }
   if constexpr (std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>) {
+    if (finalizer == nullptr) {  // a nil func value: Go's SetFinalizer(obj, nil) removes
+      detail::RemoveFinalizer(obj);
+      return;
+    }
     detail::AddFinalizer(obj, &detail::InvokeFunction<T, Fn>,
                          reinterpret_cast<void*>(finalizer));  // NOLINT
   } else if constexpr (std::is_empty_v<Fn> && std::is_trivially_default_constructible_v<Fn>) {

@@ -160,10 +160,11 @@ void QueueFinalizer(void* obj, FinalizerInvoke invoke, void* ctx) {
     FinBlock* b = st.finq;
     const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
     b->fin[n] = QueuedFinalizer{obj, invoke, ctx};
+    // Counted before the finalizer thread can see the record, so Executed never passes it.
+    st.queued.fetch_add(1, std::memory_order_relaxed);
     b->cnt.store(n + 1, std::memory_order_relaxed);
     st.status.fetch_or(kFingWake, std::memory_order_relaxed);
   }
-  st.queued.fetch_add(1, std::memory_order_relaxed);
   // Go: wakefing.
   st.wake.notify_one();
 }
@@ -192,7 +193,9 @@ bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout) {
 std::uint32_t FinalizerThreadStatus() { return State().status.load(std::memory_order_relaxed); }
 
 FinalizerCounters ReadFinalizerCounters() {
-  return FinalizerCounters{State().queued.load(), State().executed.load()};
+  // Executed first: a record counted as executed was counted as queued earlier.
+  const std::uint64_t executed = State().executed.load();
+  return FinalizerCounters{State().queued.load(), executed};
 }
 
 }  // namespace gofin::internal

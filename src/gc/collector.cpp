@@ -16,6 +16,7 @@
 #include "gc/roots.hpp"
 #include "gc/stop_the_world.hpp"
 #include "gc/sweeper.hpp"
+#include "gc/preemptible_mutex.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/gc.hpp"
 #include "gofin/testing.hpp"
@@ -33,8 +34,8 @@ constinit std::atomic<std::uint64_t> g_pause_total{0};
 constinit std::atomic<std::uint64_t> g_last_gc{0};
 constinit std::atomic<std::uint64_t> g_gc_cpu_ns{0};
 
-std::mutex& GcLock() {
-  static std::mutex* m = new std::mutex();  // NOLINT: lives for the process
+PreemptibleMutex& GcLock() {
+  static auto* m = new PreemptibleMutex();  // NOLINT: lives for the process
   return *m;
 }
 

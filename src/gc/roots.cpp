@@ -8,6 +8,7 @@
 #include <mutex>
 #include <new>
 
+#include "gc/preemptible_mutex.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/root.hpp"
 #include "heap/os_memory.hpp"
@@ -27,7 +28,7 @@ struct SlotChunk {
 };
 
 struct UserRoots {
-  std::mutex lock;
+  PreemptibleMutex lock;
   SlotChunk* chunks = nullptr;
   void** free = nullptr;
   RootRange* ranges = nullptr;  // AddRoots, in metadata memory

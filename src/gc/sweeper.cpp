@@ -78,6 +78,9 @@ void RunDestructors(Span* s) {
 void SweepOneClaimed(Span* s) { SweepSpan(s, /*preserve=*/false); }
 
 void BackgroundSweeper() {
+  // It sweeps (and runs destructors, which may allocate) only inside guards, during which no
+  // collection runs: it is never a mutator the collector must stop or scan.
+  t_local.gc_internal = true;
   Background& b = Bg();
   std::uint64_t done = 0;
   for (;;) {

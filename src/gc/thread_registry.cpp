@@ -44,9 +44,9 @@ void StackBounds(std::uintptr_t& lo, std::uintptr_t& hi) {
 
 }  // namespace
 
-std::mutex& RegistryLock() {
+PreemptibleMutex& RegistryLock() {
   // Never destroyed: threads may exit after static destructors ran.
-  static std::mutex* lock = new std::mutex();  // NOLINT(cppcoreguidelines-owning-memory)
+  static auto* lock = new PreemptibleMutex();  // NOLINT(cppcoreguidelines-owning-memory)
   return *lock;
 }
 
@@ -59,6 +59,12 @@ std::size_t RegisteredThreadCount() { return g_thread_count.load(std::memory_ord
 bool RegisterThread() {
   if (t_local.record != nullptr) return false;
   EnsureCollectorInitialized();
+  if (t_local.gc_internal) {
+    // No collection can run while such a thread holds a GC pointer (only inside guards), so
+    // its stack is no root: a stale word there must not keep garbage alive.
+    if (t_local.cache == nullptr) t_local.cache = NewThreadCache();
+    return false;
+  }
   std::uintptr_t lo = 0;
   std::uintptr_t hi = 0;
   StackBounds(lo, hi);

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <mutex>
 
+#include "gc/preemptible_mutex.hpp"
+
 namespace gofin::internal {
 
 struct ThreadCache;
@@ -33,7 +35,7 @@ struct ThreadRecord {
 // The registry lock. Held by the collector from before the stop to after the restart, so the
 // set of threads cannot change under it; never a critical region, so a thread blocked on it
 // can still be stopped.
-std::mutex& RegistryLock();
+PreemptibleMutex& RegistryLock();
 ThreadRecord* RegistryHead();  // with RegistryLock held
 ThreadRecord* CurrentThreadRecord();
 // Registers the calling thread if it is not yet; true if this call registered it.

@@ -107,11 +107,13 @@ inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigne
       // is freed when none of them is reachable.
       EnterNoPreempt();
       std::uintptr_t off = c->tiny_offset;
-      if ((size & 7) == 0) {
+      // Go's alignment rule, on the size the caller asked for (not the pad byte).
+      const std::size_t asked = (flags & detail::kAllocPadded) != 0 ? size - 1 : size;
+      if ((asked & 7) == 0) {
         off = AlignUp(off, 8);
-      } else if ((size & 3) == 0) {
+      } else if ((asked & 3) == 0) {
         off = AlignUp(off, 4);
-      } else if ((size & 1) == 0) {
+      } else if ((asked & 1) == 0) {
         off = AlignUp(off, 2);
       }
       if (off + size <= kTinySize && c->tiny != 0) {
@@ -201,7 +203,7 @@ void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
 
 void* MallocAligned(std::size_t size, std::size_t align, unsigned flags, DtorFn dtor,
                     std::size_t count) {
-  if (align <= 16) return Malloc(size, flags, dtor, count);
+  if (align < 16) return Malloc(size, flags, dtor, count);
   if (align > internal::kPageSize) throw std::bad_alloc();
   return Malloc(internal::AlignedAllocSize(size == 0 ? 1 : size, align), flags | kAllocNoTiny, dtor,
                 count);

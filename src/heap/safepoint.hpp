@@ -20,6 +20,9 @@ struct ThreadLocalState {
   void* record = nullptr;                          // gc/thread_registry's record for this thread
   int guard_depth = 0;                             // nesting of StwGuard (heap.hpp)
   int in_gc_user_code = 0;                         // running destructors for the sweeper
+  // A gofin thread that only touches the heap inside StwGuards (the background sweeper): it
+  // gets a cache but is never registered, stopped or scanned.
+  bool gc_internal = false;
 };
 
 extern constinit thread_local ThreadLocalState t_local __attribute__((tls_model("initial-exec")));

@@ -6,6 +6,7 @@ namespace gofin::detail {
 
 inline constexpr unsigned kAllocNoScan = 1;  // the object holds no GC pointers
 inline constexpr unsigned kAllocNoTiny = 2;  // never share a tiny block
+inline constexpr unsigned kAllocPadded = 4;  // size includes the one-past-the-end pad byte
 
 using DtorFn = void (*)(void* obj, std::size_t count);
 
