@@ -815,13 +815,9 @@ std::atomic<int> g_churn_runs{0};
 // for the whole pause). TSan defers asynchronous signals while a thread is inside
 // pthread_mutex_lock, so the stop signal is never handled, the thread never parks, and
 // StopTheWorld (src/gc/stop_the_world.cpp) waits for its acknowledgement forever while holding
-// the very lock the thread waits for.
+// the very lock the thread waits for. Fixed: those locks are PreemptibleMutex
+// (src/gc/preemptible_mutex.hpp), which waits in nanosleep, where signals are delivered.
 TEST_F(FinThreads, CollectionsFromSeveralThreadsWhileThreadsComeAndGo) {
-  if (kTsan) {
-    GTEST_SKIP() << "library bug: under ThreadSanitizer a registered thread blocked on gofin's "
-                    "GcLock (concurrent GC() calls) or RegistryLock (thread exit during a "
-                    "collection) never handles the stop signal: StopTheWorld hangs";
-  }
   Watchdog dog("CollectionsFromSeveralThreadsWhileThreadsComeAndGo");
   constexpr int kCollectors = 3;
   constexpr int kShortLived = 60;
