@@ -692,7 +692,9 @@ TEST_F(Fin, TinyBlockLivesWhileOneOfItsObjectsIsReachable) {
   GCAndDrain();
   for (int i = 0; i < 3; ++i) EXPECT_EQ(Load(g_tiny_runs[i]) - r0[i], 0) << "tiny object " << i;
   g_tiny_keep.reset();
-  GCAndDrain();
+  // Conservative scanning may keep the block a cycle longer (a stale word, e.g. in a
+  // sanitizer's bookkeeping); it must go within a few cycles, and all three together.
+  for (int cycle = 0; cycle < 4 && Load(g_tiny_runs[0]) == r0[0]; ++cycle) GCAndDrain();
   for (int i = 0; i < 3; ++i) EXPECT_EQ(Load(g_tiny_runs[i]) - r0[i], 1) << "tiny object " << i;
   EXPECT_EQ(Load(g_tiny_bad), 0);
 }
