@@ -20,9 +20,8 @@ class Allocator {
   T* allocate(std::size_t n) {
     if (n > (std::numeric_limits<std::size_t>::max() - 1) / sizeof(T)) throw std::bad_alloc();
     // Padded like NewArray: a container's end() must not keep the next object alive.
-    return static_cast<T*>(
-        detail::MallocAligned(n * sizeof(T) + 1, alignof(T),
-                              detail::AllocFlags<T>() | detail::kAllocPadded, nullptr, 0));
+    return static_cast<T*>(detail::MallocAligned(
+        n * sizeof(T) + 1, alignof(T), detail::AllocFlags<T>() | detail::kAllocPadded, nullptr, 0));
   }
   // The collector frees the buffer once nothing points to it.
   void deallocate(T* /*p*/, std::size_t /*n*/) noexcept {}

@@ -49,7 +49,7 @@ class Root {
   static void* ToSlot(T* p) noexcept {
     return const_cast<void*>(static_cast<const volatile void*>(p));  // NOLINT
   }
-  void** slot_;
+  void** slot_ = nullptr;
 };
 
 // Scans [begin, end) conservatively at every collection until removed (Go has no equivalent;

@@ -37,7 +37,7 @@ struct FinBlock {
   // the block stops rooting it; the thread's own stack roots it while it runs. Relaxed: the
   // marker reads it with the world stopped.
   std::atomic<std::uint32_t> cnt{0};
-  QueuedFinalizer fin[kRecords];
+  QueuedFinalizer fin[kRecords] = {};
 };
 
 struct FinState {
@@ -102,7 +102,7 @@ void AfterForkInChild() {
 // is not collected" never happens; a C++ thread's stack is scanned conservatively, so the
 // finalizer thread wipes what finished finalizers left below its frame and in scratch
 // registers before it sleeps (bdwgc: GC_clear_stack).
-void ClearDeadStack() { gofin_clear_stack(64 * 1024); }
+void ClearDeadStack() { gofin_clear_stack(std::size_t{64} * 1024); }
 
 // Go: runfinq.
 void RunFinalizers() {

@@ -17,7 +17,8 @@ namespace gofin::internal {
 
 namespace {
 
-void DefaultFinalizerErrorHandler(std::exception_ptr e) {
+void DefaultFinalizerErrorHandler(std::exception_ptr e) {  // NOLINT(performance-unnecessary-value-param):
+                                                           // the handler type takes it by value
   try {
     std::rethrow_exception(e);
   } catch (const std::exception& ex) {

@@ -13,10 +13,10 @@
 
 #include "gc/marker.hpp"
 #include "gc/pacer.hpp"
+#include "gc/preemptible_mutex.hpp"
 #include "gc/roots.hpp"
 #include "gc/stop_the_world.hpp"
 #include "gc/sweeper.hpp"
-#include "gc/preemptible_mutex.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/gc.hpp"
 #include "gofin/testing.hpp"

@@ -16,7 +16,7 @@ namespace {
 
 // Go: maxObletBytes. Large objects are scanned in pieces so one worker never holds a
 // gigabyte of scanning that the others cannot share.
-constexpr std::uintptr_t kObletBytes = 128 * 1024;
+constexpr std::uintptr_t kObletBytes = std::uintptr_t{128} * 1024;
 // How many objects a worker scans between offers of work to idle workers.
 constexpr int kBalanceInterval = 64;
 

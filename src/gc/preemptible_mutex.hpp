@@ -4,8 +4,7 @@
 // stoppable: under ThreadSanitizer a thread blocked in pthread_mutex_lock never runs its stop
 // signal, so the waiter polls with try_lock and sleeps in nanosleep, where every runtime
 // delivers signals. These locks are rarely contended; the wait is a collection at most.
-#include <time.h>
-
+#include <ctime>
 #include <mutex>
 
 namespace gofin::internal {

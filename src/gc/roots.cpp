@@ -17,7 +17,8 @@ namespace gofin::internal {
 
 namespace {
 
-constexpr std::uintptr_t kChunkBytes = 256 * 1024;  // a marking job's share of a segment
+constexpr std::uintptr_t kChunkBytes =
+    std::uintptr_t{256} * 1024;  // a marking job's share of a segment
 
 // Root<T> slots: chunks of 4096 words in metadata memory. A free slot holds the next free
 // slot's address (metadata, never a heap address), so the marker scans chunks whole.
@@ -37,7 +38,7 @@ struct UserRoots {
 };
 
 UserRoots& Roots() {
-  static UserRoots* r = ::new (os::MapMetadata(sizeof(UserRoots))) UserRoots();
+  static auto* r = ::new (os::MapMetadata(sizeof(UserRoots))) UserRoots();
   return *r;
 }
 

@@ -45,7 +45,7 @@ std::size_t PopCount(const std::uint8_t* bits, std::size_t nbits) {
   std::size_t n = 0;
   const std::size_t nwords = (nbits + 63) / 64;
   for (std::size_t i = 0; i < nwords; ++i) {
-    std::uint64_t v;
+    std::uint64_t v = 0;
     std::memcpy(&v, bits + i * 8, sizeof(v));
     v = v - ((v >> 1) & 0x5555555555555555ULL);
     v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);

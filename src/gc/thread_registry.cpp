@@ -23,6 +23,9 @@ constinit std::atomic<std::size_t> g_thread_count{0};
 
 // Unregisters the thread when it exits (thread_local destructors run on every normal exit).
 struct ExitGuard {
+  ExitGuard() = default;
+  ExitGuard(const ExitGuard&) = delete;
+  ExitGuard& operator=(const ExitGuard&) = delete;
   bool armed = false;
   ~ExitGuard() {
     if (armed) UnregisterThread();

@@ -17,7 +17,7 @@ struct WorkBuf {
   static constexpr std::size_t kEntries = (4096 - 16) / sizeof(std::uintptr_t);
   WorkBuf* next = nullptr;
   std::size_t n = 0;
-  std::uintptr_t obj[kEntries];
+  std::uintptr_t obj[kEntries] = {};
 };
 
 // Go: work.full / work.empty

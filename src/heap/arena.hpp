@@ -30,13 +30,13 @@ struct HeapArena {
     return spans[page].load(std::memory_order_relaxed);
   }
   // Go: pageInUse: bit for the first page of each in-use span.
-  std::uint8_t page_in_use[kPagesPerArena / 8];
+  std::uint8_t page_in_use[kPagesPerArena / 8] = {};
   // Go: pageSpecials: bit for the first page of each span that has specials, so that the
   // mark phase visits only those spans.
   std::atomic<std::uint8_t> page_specials[kPagesPerArena / 8];
   // Free pages that are released to the OS (or never touched): they read as zero.
-  std::uint8_t scavenged[kPagesPerArena / 8];
-  std::uintptr_t base;
+  std::uint8_t scavenged[kPagesPerArena / 8] = {};
+  std::uintptr_t base = 0;
 };
 
 // Go: mheap_.arenas. A flat array of 2^22 entries, mapped lazily by the kernel.

@@ -72,7 +72,7 @@ void FreeSpanToHeap(Span* s) {
   std::lock_guard lock(g_heap.lock);
   if (s->dtors != nullptr && !s->large) FreeSideTable(s->dtors, s->nelems * sizeof(DtorSlot));
   if (s->special_heads != nullptr && !s->large) {
-    FreeSideTable(s->special_heads, s->nelems * sizeof(Special*));
+    FreeSideTable(static_cast<void*>(s->special_heads), s->nelems * sizeof(void*));
   }
   s->dtors = nullptr;
   s->special_heads = nullptr;

@@ -59,8 +59,8 @@ inline constexpr SpanClass kTinySpanClass = SpanClass::Make(2, true, false);
 
 // Zeroed per-span side tables (destructor slots, specials heads) in metadata memory, under
 // the heap lock; nullptr when the OS refuses.
-void* AllocSideTable(std::size_t bytes);
-void FreeSideTable(void* t, std::size_t bytes);
+void* AllocSideTable(std::size_t want);
+void FreeSideTable(void* t, std::size_t want);
 
 // After fork(), in the child: locks held by threads that no longer exist are released
 // (the structures they guard are consistent unless such a thread was mid-update).

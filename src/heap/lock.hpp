@@ -13,6 +13,7 @@ namespace gofin::internal {
 class SpinLock {
  public:
   constexpr SpinLock() = default;
+  ~SpinLock() = default;
   SpinLock(const SpinLock&) = delete;
   SpinLock& operator=(const SpinLock&) = delete;
 

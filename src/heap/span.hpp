@@ -148,7 +148,7 @@ struct Span {
 
   // Go: refillAllocCache. whichByte is a multiple of 8.
   void RefillAllocCache(std::size_t which_byte) {
-    std::uint64_t v;
+    std::uint64_t v = 0;
     std::memcpy(&v, alloc_bits + which_byte, sizeof(v));
     alloc_cache = ~v;
   }
@@ -157,7 +157,7 @@ struct Span {
   std::uint32_t NextFreeIndex() {
     std::uint32_t sfreeindex = freeindex;
     if (sfreeindex == nelems) return sfreeindex;
-    std::uint32_t bit = static_cast<std::uint32_t>(std::countr_zero(alloc_cache));
+    auto bit = static_cast<std::uint32_t>(std::countr_zero(alloc_cache));
     while (bit == 64) {
       sfreeindex = (sfreeindex + 64) & ~63U;
       if (sfreeindex >= nelems) {

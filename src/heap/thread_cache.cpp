@@ -35,13 +35,13 @@ Span* ThreadCache::Refill(SpanClass spc) {
 }
 
 void ThreadCache::ReleaseAll() {
-  for (std::size_t i = 0; i < kNumSpanClasses; ++i) {
-    Span* s = alloc[i];
+  for (Span*& slot : alloc) {
+    Span* s = slot;
     if (s == &g_empty_span) continue;
     const std::uint32_t unused = s->nelems - s->alloc_count;
     g_heap.nmalloc_small[s->spanclass.SizeClass()].fetch_sub(unused, std::memory_order_relaxed);
     g_heap.heap_live.fetch_sub(std::uint64_t{unused} * s->elemsize, std::memory_order_relaxed);
-    alloc[i] = &g_empty_span;
+    slot = &g_empty_span;
     UncacheSpan(s);
   }
   tiny = 0;

@@ -11,7 +11,7 @@ namespace gofin::internal {
 
 // Go: mcache
 struct ThreadCache {
-  Span* alloc[kNumSpanClasses];
+  Span* alloc[kNumSpanClasses] = {};
   // Go: tiny / tinyoffset / tinyAllocs. The current 16-byte block for tiny noscan objects.
   std::uintptr_t tiny = 0;
   std::size_t tiny_offset = 0;

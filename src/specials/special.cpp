@@ -46,7 +46,7 @@ Special** HeadsFor(Span* s) {
       s->special_heads = &s->large_special_head;
     } else {
       std::lock_guard lock(g_heap.lock);
-      s->special_heads = static_cast<Special**>(AllocSideTable(s->nelems * sizeof(Special*)));
+      s->special_heads = static_cast<Special**>(AllocSideTable(s->nelems * sizeof(void*)));
       if (s->special_heads == nullptr) throw std::bad_alloc();
     }
   }
