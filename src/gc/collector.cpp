@@ -70,6 +70,9 @@ void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp, bool scan_self
     // end of that region only as far as its registered stack reaches.
     if (sp < r->stack_lo || sp >= r->stack_hi) continue;
     roots.Add(sp, r->stack_hi);
+    // The collector's own registers are on its stack (spilled); the record's copy is from an
+    // earlier stop and stale.
+    if (r == self) continue;
     const auto regs = reinterpret_cast<std::uintptr_t>(&r->regs[0]);
     roots.Add(regs, regs + sizeof(r->regs));
   }

@@ -116,6 +116,8 @@ void Park(ThreadRecord* r, std::uintptr_t sp) {
     Futex(&g_epoch, FUTEX_WAIT_PRIVATE, epoch);
   }
   r->stopped_sp.store(0, std::memory_order_relaxed);
+  // Stale once running again: never a root for a later cycle this thread runs itself.
+  for (auto& reg : r->regs) reg = 0;
 }
 
 void StopSignalHandler(int /*sig*/, siginfo_t* /*info*/, void* context) {

@@ -66,7 +66,8 @@ Span* PageHeap::FindFree(std::size_t npages) {
 }
 
 bool PageHeap::Grow(std::size_t npages, ArenaIndex& index) {
-  const std::size_t bytes = (npages * kPageSize + kArenaSize - 1) / kArenaSize * kArenaSize;
+  // One page more than asked: the reservation's first page is never handed out (below).
+  const std::size_t bytes = ((npages + 1) * kPageSize + kArenaSize - 1) / kArenaSize * kArenaSize;
   void* mem = os::Reserve(bytes, kArenaSize, reinterpret_cast<void*>(hint_arena_ << kArenaShift));
   if (mem == nullptr) return false;
   const auto base = reinterpret_cast<std::uintptr_t>(mem);
@@ -87,9 +88,12 @@ bool PageHeap::Grow(std::size_t npages, ArenaIndex& index) {
   hint_arena_ = (base + bytes) >> kArenaShift;
   sys_ += bytes;
   released_ += bytes;
+  // The reservation's base is the value gofin itself computes, passes to mmap and stores, so
+  // it is the heap address most likely to linger in a stale stack slot. No object starts
+  // there: such a word then keeps nothing alive (one page per reservation).
   Span* s = span_alloc_.Alloc();
-  s->start = base;
-  s->npages = bytes / kPageSize;
+  s->start = base + kPageSize;
+  s->npages = bytes / kPageSize - 1;
   InsertFree(s, index);
   return true;
 }
