@@ -55,7 +55,20 @@ std::size_t PopCount(const std::uint8_t* bits, std::size_t nbits) {
   return n;
 }
 
+// Marks the span this thread sweeps while destructors (user code) run in it.
+class SweepingSpan {
+ public:
+  explicit SweepingSpan(Span* s) : saved_(t_local.sweeping_span) { t_local.sweeping_span = s; }
+  ~SweepingSpan() { t_local.sweeping_span = saved_; }
+  SweepingSpan(const SweepingSpan&) = delete;
+  SweepingSpan& operator=(const SweepingSpan&) = delete;
+
+ private:
+  void* saved_;
+};
+
 void RunDestructors(Span* s) {
+  const SweepingSpan sweeping(s);
   if (s->large) {
     if (s->large_dtor.fn != nullptr) {
       InGcUserCode user;

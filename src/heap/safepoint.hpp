@@ -23,6 +23,8 @@ struct ThreadLocalState {
   // A gofin thread that only touches the heap inside StwGuards (the background sweeper): it
   // gets a cache but is never registered, stopped or scanned.
   bool gc_internal = false;
+  // The span this thread is sweeping (its destructors may touch neighbours in it).
+  void* sweeping_span = nullptr;
 };
 
 extern constinit thread_local ThreadLocalState t_local __attribute__((tls_model("initial-exec")));

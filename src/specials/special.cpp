@@ -130,6 +130,12 @@ void SweepSpecials(Span* s) {
 Span* SweptSpanNoPreempt(std::uintptr_t addr) {
   Span* span = g_heap.arenas.SpanOfHeap(addr);
   if (span == nullptr) return nullptr;
+  if (span == t_local.sweeping_span) {
+    // A destructor run by this thread's sweep of this span: the specials pass is over, and
+    // waiting for the sweep would wait for ourselves.
+    EnterNoPreempt();
+    return span;
+  }
   for (;;) {
     EnterNoPreempt();
     if (span->sweepgen.load(std::memory_order_acquire) ==
@@ -253,6 +259,12 @@ Special* RemoveSpecial(const void* p, SpecialKind kind) {
     }
   }
   return found;
+}
+
+bool DyingInOwnSweep(const void* p) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  Span* span = g_heap.arenas.SpanOfHeap(addr);
+  return span != nullptr && span == t_local.sweeping_span && !span->IsMarked(span->ObjIndex(addr));
 }
 
 bool HasSpecial(const void* p, SpecialKind kind) {
