@@ -105,7 +105,7 @@ FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok) {
 void AddFinalizer(const void* obj, FinalizerInvoke invoke, void* ctx) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
   InitFinalizers();
-  if (DyingInOwnSweep(obj)) throw Error("runtime.SetFinalizer: pointer not in allocated block");
+  if (ObjectIsFree(obj)) throw Error("runtime.SetFinalizer: pointer not in allocated block");
   auto* s = static_cast<SpecialFinalizer*>(NewSpecial(SpecialKind::kFinalizer));
   s->invoke = invoke;
   s->ctx = ctx;

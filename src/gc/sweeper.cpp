@@ -160,7 +160,7 @@ bool SweepSpan(Span* s, bool preserve) {
   const std::size_t nfreed = s->alloc_count - nalloc;
   std::swap(s->alloc_bits, s->mark_bits);
   std::memset(s->mark_bits, 0, kBitmapBytes + 8);
-  s->freeindex = 0;
+  s->SetFreeIndex(0);
   s->alloc_count = static_cast<std::uint32_t>(nalloc);
   s->RefillAllocCache(0);
   if (nfreed > 0) {

@@ -84,7 +84,7 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
   }
   s->sweepgen.store(g_heap.sweepgen.load(std::memory_order_relaxed), std::memory_order_relaxed);
   if (s->needzero) std::memset(reinterpret_cast<void*>(s->start), 0, npages * kPageSize);
-  s->freeindex = 1;
+  s->SetFreeIndex(1);
   s->alloc_count = 1;
   s->large_dtor = DtorSlot{dtor, count};
   g_heap.nmalloc_large.fetch_add(1, std::memory_order_relaxed);

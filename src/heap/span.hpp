@@ -107,7 +107,7 @@ struct Span {
     std::memset(bitmaps, 0, sizeof(bitmaps));
     alloc_bits = bitmaps[0];
     mark_bits = bitmaps[1];
-    freeindex = 0;
+    SetFreeIndex(0);
     alloc_count = 0;
     alloc_cache = ~std::uint64_t{0};
     dtors = nullptr;
@@ -125,6 +125,18 @@ struct Span {
 
   // Go: isFree, negated. Valid outside sweeping, with the span not cached for allocation
   // by another thread (the world stopped, or the span's owner asking).
+  // freeindex is written by the span's owner only, but SetFinalizer reads it from any thread
+  // (is this object allocated?): relaxed atomic stores, plain moves on x86.
+  void SetFreeIndex(std::uint32_t v) {
+    std::atomic_ref<std::uint32_t>(freeindex).store(v, std::memory_order_relaxed);
+  }
+  [[nodiscard]] bool IsAllocatedFromAnyThread(std::size_t i) const {
+    const std::uint32_t fi =
+        std::atomic_ref<std::uint32_t>(const_cast<std::uint32_t&>(freeindex))  // NOLINT
+            .load(std::memory_order_relaxed);
+    return i < fi || ((alloc_bits[i / 8] >> (i % 8)) & 1U) != 0;
+  }
+
   [[nodiscard]] bool IsAllocated(std::size_t i) const {
     return i < freeindex || ((alloc_bits[i / 8] >> (i % 8)) & 1U) != 0;
   }
@@ -161,7 +173,7 @@ struct Span {
     while (bit == 64) {
       sfreeindex = (sfreeindex + 64) & ~63U;
       if (sfreeindex >= nelems) {
-        freeindex = nelems;
+        SetFreeIndex(nelems);
         return nelems;
       }
       RefillAllocCache(sfreeindex / 8);
@@ -169,14 +181,14 @@ struct Span {
     }
     const std::uint32_t result = sfreeindex + bit;
     if (result >= nelems) {
-      freeindex = nelems;
+      SetFreeIndex(nelems);
       return nelems;
     }
     alloc_cache >>= (bit + 1) % 64;
     if (bit == 63) alloc_cache = 0;
     sfreeindex = result + 1;
     if (sfreeindex % 64 == 0 && sfreeindex != nelems) RefillAllocCache(sfreeindex / 8);
-    freeindex = sfreeindex;
+    SetFreeIndex(sfreeindex);
     return result;
   }
 

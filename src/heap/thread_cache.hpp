@@ -41,7 +41,7 @@ inline std::uintptr_t NextFreeFast(Span* s) {
   const std::uint32_t freeidx = result + 1;
   if (freeidx % 64 == 0 && freeidx != s->nelems) return 0;
   s->alloc_cache = bit == 63 ? 0 : cache >> (bit + 1);
-  s->freeindex = freeidx;
+  s->SetFreeIndex(freeidx);
   ++s->alloc_count;
   return s->start + result * s->elemsize;
 }

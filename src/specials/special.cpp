@@ -261,10 +261,15 @@ Special* RemoveSpecial(const void* p, SpecialKind kind) {
   return found;
 }
 
-bool DyingInOwnSweep(const void* p) {
+bool ObjectIsFree(const void* p) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  Span* span = g_heap.arenas.SpanOfHeap(addr);
-  return span != nullptr && span == t_local.sweeping_span && !span->IsMarked(span->ObjIndex(addr));
+  const SweptSpanScope scope(addr);
+  Span* span = scope.get();
+  if (span == nullptr) return true;
+  const std::size_t i = span->ObjIndex(addr);
+  // A destructor run by this thread's sweep of the span, touching a dead neighbour.
+  if (span == t_local.sweeping_span) return !span->IsMarked(i);
+  return !span->IsAllocatedFromAnyThread(i);
 }
 
 bool HasSpecial(const void* p, SpecialKind kind) {

@@ -73,9 +73,10 @@ void FreeSpecialRecord(Special* s);
 bool AddSpecial(const void* p, Special* s);
 // Go: removespecial. Unlinks and returns the record of `kind` at exactly p, or nullptr.
 Special* RemoveSpecial(const void* p, SpecialKind kind);
-// True if p's object is being freed by the sweep this thread is running (a destructor
-// touching a dead neighbour): nothing may be attached to it.
-bool DyingInOwnSweep(const void* p);
+// True if p's slot holds no object: freed by an earlier sweep (a dangling pointer), or being
+// freed by the sweep this thread runs (a destructor touching a dead neighbour). Nothing may
+// be attached to it: the record would pass to the slot's next object.
+bool ObjectIsFree(const void* p);
 // True if the object at exactly p has a record of `kind`.
 bool HasSpecial(const void* p, SpecialKind kind);
 
