@@ -1,5 +1,6 @@
 #pragma once
 // Roots beyond stacks and globals: Root<T> handles and registered ranges.
+#include <type_traits>
 #include <utility>
 
 #include "gofin/detail/runtime.hpp"
@@ -39,7 +40,7 @@ class Root {
     return slot_ == nullptr ? nullptr : static_cast<T*>(*slot_);
   }
   T* operator->() const noexcept { return get(); }
-  T& operator*() const noexcept { return *get(); }
+  std::add_lvalue_reference_t<T> operator*() const noexcept { return *get(); }
   explicit operator bool() const noexcept { return get() != nullptr; }
   void reset() noexcept {
     if (slot_ != nullptr) *slot_ = nullptr;

@@ -15,14 +15,22 @@ class FixAlloc {
  public:
   constexpr FixAlloc() = default;
 
-  // Returns zeroed storage for one T, constructed with T's default constructor.
+  // Returns storage for one T, constructed with T's default constructor.
   T* Alloc() {
+    T* t = TryAlloc();
+    if (t == nullptr) throw std::bad_alloc();
+    return t;
+  }
+
+  // Like Alloc, but nullptr when the OS refuses memory: for callers that must leave their
+  // structure consistent.
+  T* TryAlloc() {
     void* p = nullptr;
     if (free_ != nullptr) {
       p = free_;
       free_ = free_->next;
     } else {
-      if (chunk_left_ < kRecord) Refill();
+      if (chunk_left_ < kRecord && !Refill()) return nullptr;
       p = chunk_;
       chunk_ += kRecord;
       chunk_left_ -= kRecord;
@@ -52,12 +60,13 @@ class FixAlloc {
                                             ? kRecord * 64
                                             : (std::size_t{1} << 16);
 
-  void Refill() {
+  bool Refill() {
     void* c = os::MapMetadata(kChunk);
-    if (c == nullptr) throw std::bad_alloc();
+    if (c == nullptr) return false;
     chunk_ = static_cast<char*>(c);
     chunk_left_ = kChunk;
     sys_ += kChunk;
+    return true;
   }
 
   FreeRecord* free_ = nullptr;

@@ -75,15 +75,23 @@ bool PageHeap::Grow(std::size_t npages, ArenaIndex& index) {
     os::Unmap(mem, bytes);
     return false;
   }
-  for (std::uintptr_t a = base; a < base + bytes; a += kArenaSize) {
-    void* m = os::MapMetadata(sizeof(HeapArena));
-    if (m == nullptr) return false;  // the committed range stays reserved: harmless
-    auto* arena = ::new (m) HeapArena();
-    arena->base = a;
+  // Everything that can fail comes first, so that a refusal leaves the heap as it was.
+  const std::size_t narenas = bytes / kArenaSize;
+  Span* s = span_alloc_.TryAlloc();
+  auto* meta = static_cast<char*>(s == nullptr ? nullptr
+                                               : os::MapMetadata(narenas * sizeof(HeapArena)));
+  if (meta == nullptr) {
+    if (s != nullptr) span_alloc_.Free(s);
+    os::Unmap(mem, bytes);
+    return false;
+  }
+  for (std::size_t i = 0; i < narenas; ++i) {
+    auto* arena = ::new (meta + i * sizeof(HeapArena)) HeapArena();
+    arena->base = base + i * kArenaSize;
     // Fresh pages are untouched: zero and not resident, exactly like released ones.
     for (auto& b : arena->scavenged) b = 0xff;
     meta_ += sizeof(HeapArena);
-    index.Add(a, arena);
+    index.Add(arena->base, arena);
   }
   hint_arena_ = (base + bytes) >> kArenaShift;
   sys_ += bytes;
@@ -91,7 +99,6 @@ bool PageHeap::Grow(std::size_t npages, ArenaIndex& index) {
   // The reservation's base is the value gofin itself computes, passes to mmap and stores, so
   // it is the heap address most likely to linger in a stale stack slot. No object starts
   // there: such a word then keeps nothing alive (one page per reservation).
-  Span* s = span_alloc_.Alloc();
   s->start = base + kPageSize;
   s->npages = bytes / kPageSize - 1;
   InsertFree(s, index);
@@ -105,9 +112,13 @@ Span* PageHeap::AllocSpan(std::size_t npages, ArenaIndex& index) {
     s = FindFree(npages);
     if (s == nullptr) return nullptr;
   }
-  RemoveFree(s);
+  Span* rest = nullptr;
   if (s->npages > npages) {
-    Span* rest = span_alloc_.Alloc();
+    rest = span_alloc_.TryAlloc();  // before anything changes: a refusal leaves all as it was
+    if (rest == nullptr) return nullptr;
+  }
+  RemoveFree(s);
+  if (rest != nullptr) {
     rest->start = PageAddr(s->start, npages);
     rest->npages = s->npages - npages;
     rest->state = SpanState::kFree;
