@@ -94,6 +94,9 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   RootRangeList& roots = Roots();
   roots.Clear();
   CollectDataSegments(roots);
+  // Room for every thread's stack and registers and every user root range, with slack for
+  // threads that register before the stop: nothing is allocated while the world is stopped.
+  roots.Reserve(2 * RegisteredThreadCount() + 4096);
   LockUserRoots();
   StopTheWorld();
   const std::uint64_t t1 = NowNs();

@@ -44,6 +44,20 @@ UserRoots& Roots() {
 
 }  // namespace
 
+void RootRangeList::Reserve(std::size_t n) {
+  if (size_ + n <= capacity_) return;
+  std::size_t cap = capacity_ == 0 ? 1024 : capacity_;
+  while (cap < size_ + n) cap *= 2;
+  void* p = os::MapMetadata(cap * sizeof(RootRange));
+  if (p == nullptr) throw std::bad_alloc();
+  if (ranges_ != nullptr) {
+    std::memcpy(p, ranges_, size_ * sizeof(RootRange));
+    os::Unmap(ranges_, capacity_ * sizeof(RootRange));
+  }
+  ranges_ = static_cast<RootRange*>(p);
+  capacity_ = cap;
+}
+
 void RootRangeList::Add(std::uintptr_t lo, std::uintptr_t hi) {
   lo = (lo + sizeof(void*) - 1) & ~(sizeof(void*) - 1);
   hi &= ~(sizeof(void*) - 1);

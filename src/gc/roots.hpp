@@ -18,6 +18,9 @@ class RootRangeList {
  public:
   void Clear() { size_ = 0; }
   void Add(std::uintptr_t lo, std::uintptr_t hi);
+  // Makes room for n more ranges, before the world stops: growing it then could fail with
+  // every other thread frozen. Throws std::bad_alloc.
+  void Reserve(std::size_t n);
   [[nodiscard]] std::size_t Size() const { return size_; }
   [[nodiscard]] const RootRange& operator[](std::size_t i) const { return ranges_[i]; }
 
