@@ -1,0 +1,204 @@
+// libFuzzer target: the input's bytes choose a sequence of gofin API operations (allocate,
+// link, unlink, root, unroot, SetFinalizer with every callable form, captures, resurrection
+// and re-registration, removal, misuse that must throw, conservative and exact collections,
+// heap walks, final drains). The same model as gofin_oracle (tests/oracle/model.hpp) checks
+// every finalizer and destructor, and predicts every exact collection
+// (testing::GC(kNoHeapPointers) with pacing off) exactly. Any violation aborts: a finding.
+//
+// Single-threaded mutator. The heap persists across inputs; each input ends with a final drain
+// (every root dropped, every finalizer outside a finalizer cycle must run within the longest
+// chain + 2 cycles), so the next input starts from an empty model.
+//
+// Build and run: tests/fuzz/build_and_run.sh [seconds]
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "../oracle/model.hpp"
+
+namespace {
+
+constexpr int kRoots = 8;
+
+struct FdpChooser final : oracle::Chooser {
+  explicit FdpChooser(FuzzedDataProvider& f) : fdp(f) {}
+  std::uint64_t Below(std::uint64_t n) override {
+    return n <= 1 ? 0 : fdp.ConsumeIntegralInRange<std::uint64_t>(0, n - 1);
+  }
+  FuzzedDataProvider& fdp;
+};
+
+struct State {
+  oracle::Model* model = nullptr;
+  std::uint64_t next_id = 1;
+  std::uint64_t inputs = 0;
+};
+
+State& St() {
+  static State* s = [] {
+    auto* st = new State();
+    oracle::g_shared = new oracle::Shared(kRoots);
+    oracle::g_shared->seed = 0x5eed;
+    st->model = new oracle::Model(kRoots, 0x5eed);
+    gofin::debug::SetGCPercent(-1);
+    gofin::debug::SetMemoryLimit(INT64_MAX);
+    return st;
+  }();
+  return *s;
+}
+
+[[noreturn]] void Die(oracle::Model& m) {
+  std::fprintf(stderr, "fuzz_api: VIOLATION after %llu inputs\n", static_cast<unsigned long long>(St().inputs));
+  for (const auto& e : m.errors) std::fprintf(stderr, "  violation: %s\n", e.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+void CheckOrDie(oracle::Model& m) {
+  oracle::CollectViolations(m);
+  if (!m.errors.empty()) Die(m);
+}
+
+// Events from finalizers and destructors are replayed; the mutator's own were already applied
+// by the planner (planning and executing happen on this one thread). A collection queues
+// finalizers that run later on the finalizer thread: drain first, so that the model is
+// current before anything compares it with the heap.
+void ApplyLibraryEvents(oracle::Model& m) {
+  if (!oracle::Drain()) m.Fail("finalizer queue did not drain");
+  for (const oracle::Event& e : oracle::g_shared->Take()) {
+    if (e.thread == oracle::kFinThread || e.thread == oracle::kSweepThread) m.Apply(e);
+  }
+}
+
+template <class T>
+void ExpectError(oracle::Model& m, const char* want, T&& fn) {
+  try {
+    fn();
+  } catch (const gofin::Error& e) {
+    if (std::strcmp(e.what(), want) != 0) m.Fail(oracle::Fmt("misuse threw '%s', want '%s'", e.what(), want));
+    return;
+  }
+  m.Fail(oracle::Fmt("misuse did not throw '%s'", want));
+}
+
+// Misuse that must throw and change nothing.
+[[gnu::noinline]] void Misuse(oracle::Model& m, FdpChooser& ch) {
+  oracle::Shared& s = *oracle::g_shared;
+  int slot = -1;
+  for (int i = 0; i < kRoots; ++i)
+    if (m.roots[static_cast<std::size_t>(i)] != 0) slot = i;
+  switch (ch.Below(4)) {
+    case 0:
+      ExpectError(m, "runtime.SetFinalizer: first argument is nil",
+                  [] { gofin::SetFinalizer(static_cast<oracle::Node*>(nullptr), &oracle::FinPlain); });
+      break;
+    case 1: {
+      if (slot < 0) break;
+      oracle::Node* x = s.roots[static_cast<std::size_t>(slot)].get();
+      auto* inner = reinterpret_cast<oracle::Node*>(reinterpret_cast<char*>(x) + 8 * (1 + ch.Below(6)));
+      ExpectError(m, "runtime.SetFinalizer: pointer not at beginning of allocated block",
+                  [&] { gofin::SetFinalizer(inner, &oracle::FinPlain); });
+      ExpectError(m, "runtime.SetFinalizer: pointer not at beginning of allocated block",
+                  [&] { gofin::SetFinalizer(inner, nullptr); });
+      break;
+    }
+    case 2: {
+      auto* heap = static_cast<oracle::Node*>(std::malloc(sizeof(oracle::Node)));
+      ExpectError(m, "runtime.SetFinalizer: pointer not in allocated block",
+                  [&] { gofin::SetFinalizer(heap, &oracle::FinPlain); });
+      std::free(heap);
+      break;
+    }
+    default: {
+      if (slot < 0) break;
+      // A second SetFinalizer on an object with one must throw and leave the first in place.
+      const std::uint64_t id = m.roots[static_cast<std::size_t>(slot)];
+      if (!m.Registered(id)) break;
+      ExpectError(m, "runtime.SetFinalizer: finalizer already set",
+                  [&] { gofin::SetFinalizer(s.roots[static_cast<std::size_t>(slot)].get(), &oracle::FinPlain); });
+      break;
+    }
+  }
+}
+
+void Maintain(oracle::Model& m, FdpChooser& ch) {
+  oracle::Shared& s = *oracle::g_shared;
+  for (int k = 0; k < oracle::kResSlots; ++k) {
+    const std::uint64_t id = m.res[static_cast<std::size_t>(k)];
+    if (id == 0) continue;
+    if (ch.Chance(50)) {
+      const int slot = static_cast<int>(ch.Below(kRoots));
+      s.roots[static_cast<std::size_t>(slot)] = s.res[static_cast<std::size_t>(k)].get();
+      m.SetRoot(slot, id);
+    }
+    s.res[static_cast<std::size_t>(k)].reset();
+    m.SetRes(k, 0);
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  State& st = St();
+  ++st.inputs;
+  oracle::Model& m = *st.model;
+  FuzzedDataProvider fdp(data, size);
+  FdpChooser ch(fdp);
+  std::vector<int> slots(kRoots);
+  for (int i = 0; i < kRoots; ++i) slots[static_cast<std::size_t>(i)] = i;
+  oracle::PlanLimits lim;
+  lim.max_nodes = 48;
+  lim.depth = 16;
+  // Every collection scans the data segments (about 10 MB with libFuzzer and ASan: ~20 ms),
+  // so an input gets a bounded number of them.
+  int ops = 0, collections = 0, drains = 0;
+  constexpr int kMaxCollections = 8;
+  while (fdp.remaining_bytes() > 0 && ops++ < 300) {
+    const std::uint8_t sel = fdp.ConsumeIntegral<std::uint8_t>();
+    m.where = oracle::Fmt("input %llu op %d (selector %u)", static_cast<unsigned long long>(st.inputs), ops, sel);
+    if (sel < 220) {
+      oracle::Planner planner(m, ch, slots, &st.next_id, lim);
+      oracle::Op op;
+      if (!planner.Next(op)) continue;
+      if (op.kind == oracle::OpKind::kCollect) {
+        if (collections >= kMaxCollections || !fdp.ConsumeBool()) continue;
+        ++collections;
+      }
+      if (!oracle::Execute(op, 0)) {
+        CheckOrDie(m);
+        m.Fail("Execute failed without a violation");
+        Die(m);
+      }
+      ApplyLibraryEvents(m);
+    } else if (sel < 226) {
+      if (collections++ < kMaxCollections) oracle::ExactCycle(m);
+    } else if (sel < 233) {
+      oracle::CheckHeapGraph(m);
+    } else if (sel < 240) {
+      Maintain(m, ch);
+    } else if (sel < 250) {
+      Misuse(m, ch);
+    } else if (sel < 253) {
+      // A conservative collection (this thread's stack is scanned): only the safety checks.
+      if (collections++ < kMaxCollections) {
+        gofin::GC();
+        ApplyLibraryEvents(m);
+      }
+    } else if (drains++ == 0) {
+      m.where += " final drain";
+      oracle::FinalDrain(m);
+      m.watermark = st.next_id;
+    }
+    CheckOrDie(m);
+  }
+  m.where = oracle::Fmt("input %llu end", static_cast<unsigned long long>(st.inputs));
+  ApplyLibraryEvents(m);
+  oracle::CheckHeapGraph(m);
+  CheckOrDie(m);
+  oracle::FinalDrain(m);
+  m.watermark = st.next_id;
+  CheckOrDie(m);
+  return 0;
+}

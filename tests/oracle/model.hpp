@@ -1,0 +1,1280 @@
+#pragma once
+// A reference model of gofin's collector and finalizer semantics, shared by the multi-threaded
+// oracle (tests/oracle/oracle_main.cpp) and the libFuzzer target (tests/fuzz/fuzz_api.cpp).
+//
+// The real heap holds a graph of `Node`s (an id, a canary, kChildren child pointers, possibly
+// interior pointers). The model mirrors it in plain C++ keyed by id and never holds a gofin
+// pointer. Everything the library does that the program can observe is written to one event
+// log, in one total order (a mutex): mutator operations, finalizer runs (with what the
+// finalizer saw and did) and destructor runs. The checker replays the log on the model and
+// checks every finalizer and destructor against the graph as it was at that point of the log
+// ("safety"), and at exact collections it predicts the cycle's outcome precisely.
+//
+// Soundness of the replay checks with concurrent automatic collections: a mutator logs an
+// edge/root/registration REMOVAL before it performs it and an ADDITION after it (holding the
+// object with KeepAlive until then), so at every point of the log the model's edges, roots and
+// registrations are a subset of what the heap really had when that entry was written. An
+// object the collector found unreachable can never become reachable again (no mutator can
+// name it; finalizers only store into resurrection slots that mutators never read), so a
+// finalizer or destructor logged for an object that the replayed model reaches is a bug.
+//
+// Exactness at checkpoints: mutator threads have exited (their stacks are gone), pacing is off
+// (SetGCPercent(-1), no memory limit), the finalizer queue is drained (the finalizer thread
+// wipes its dead stack before it sleeps), the checking thread's stack is excluded with
+// testing::GC(StackState::kNoHeapPointers), and no global holds a graph pointer. Then a cycle
+// must do exactly what Go's rules say; the model predicts which finalizers are queued and
+// which destructors run and the checker compares sets.
+#include <gofin/gofin.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cstdarg>
+#include <functional>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace oracle {
+
+inline constexpr int kChildren = 3;
+inline constexpr int kResSlots = 8;
+// Far above any heap address (the heap lives below 2^47): never mistaken for a pointer.
+inline constexpr std::uint64_t kCanary = 0xC0FFEE00D15EA5E5ULL;
+inline constexpr std::uint64_t kDeadCanary = 0xDEADDEADDEADDEADULL;
+// Offsets at which an edge may point into its target (interior pointers keep objects alive).
+inline constexpr std::uint32_t kEdgeOffsets[] = {0, 8, 24, 48, 55};
+inline constexpr int kNumEdgeOffsets = 5;
+inline constexpr int kFinThread = 100;
+inline constexpr int kSweepThread = 101;
+inline constexpr int kChecker = 102;
+
+std::string Fmt(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+inline std::string Fmt(const char* fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  return buf;
+}
+
+inline std::uint64_t Mix(std::uint64_t x) {  // splitmix64 finaliser
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The heap side
+// ---------------------------------------------------------------------------------------------
+
+struct Node {
+  Node(std::uint64_t i, std::uint32_t sk) : id(i), canary(kCanary ^ i), size_kind(sk) {}
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  std::uint64_t id;
+  std::uint64_t canary;
+  void* child[kChildren] = {};  // may point inside the child: child_off[k] bytes past its start
+  std::uint32_t child_off[kChildren] = {};
+  std::uint32_t size_kind;
+};
+static_assert(sizeof(Node) == 56);
+
+template <std::size_t Pad>
+struct PaddedNode : Node {
+  PaddedNode(std::uint64_t i, std::uint32_t sk) : Node(i, sk) {}
+  unsigned char pad[Pad] = {};
+};
+inline constexpr int kSizeKinds = 4;  // 64-byte class, 256, 2 KiB class, large (40 KB) span
+
+inline bool NodeOk(const Node* n, std::uint64_t id) {
+  return n != nullptr && n->id == id && n->canary == (kCanary ^ id);
+}
+
+inline Node* NewNode(int size_kind, std::uint64_t id) {
+  const auto sk = static_cast<std::uint32_t>(size_kind);
+  switch (size_kind) {
+    case 1: return gofin::New<PaddedNode<200>>(id, sk);
+    case 2: return gofin::New<PaddedNode<1500>>(id, sk);
+    case 3: return gofin::New<PaddedNode<40000>>(id, sk);
+    default: return gofin::New<Node>(id, sk);
+  }
+}
+
+// Pointer-free and pointerful garbage that is not modelled (churn for the pacer).
+struct Junk {
+  std::uint64_t words[6];
+  ~Junk() { words[0] = 0; }
+};
+
+enum class Ev : std::uint8_t { kAlloc, kLink, kUnlink, kRoot, kUnroot, kReg, kUnreg, kFinRun, kDtor };
+
+// How a registration's finalizer behaves. kind 0: a stateful functor (can capture an object,
+// resurrect, re-register); 1: a plain function pointer; 2: a captureless lambda taking
+// const Node*; 3: a captureless lambda taking void*.
+struct Reg {
+  std::uint64_t g = 0;  // registration number; 0: none
+  int kind = 0;
+  int res_slot = -1;    // the finalizer stores its object into resurrection slot res_slot
+  bool rereg = false;   // the finalizer calls SetFinalizer on its object again
+  std::uint64_t cap = 0;  // id of a captured object (kept alive while set or queued)
+  bool operator==(const Reg&) const = default;
+};
+
+struct Event {
+  Ev kind{};
+  int thread = 0;
+  std::uint64_t x = 0;  // node id (kRoot/kUnroot: slot)
+  std::uint64_t y = 0;  // target id (kLink, kRoot); kFinRun: g of the re-registration or 0
+  std::uint32_t k = 0, off = 0;
+  Reg reg;              // kReg: the registration; kUnreg: its g; kFinRun: g (0 = stateless)
+  bool x_ok = true;     // kFinRun, kDtor: the object's id/canary were intact
+  bool cap_ok = true;   // kFinRun: the captured object was intact
+  int res_done = -1;    // kFinRun: resurrection slot written
+  std::uint64_t child[kChildren] = {};  // kFinRun: ids the finalizer found (~0: corrupt)
+  std::uint32_t child_off[kChildren] = {};
+  int size_kind = 0;
+};
+
+struct Shared {
+  std::mutex mu;
+  std::vector<Event> events;
+  std::vector<std::string> violations;  // seen by mutators, finalizers, destructors
+  std::vector<gofin::Root<Node>> roots;  // ordinary roots: mutators use them
+  std::vector<gofin::Root<Node>> res;    // resurrection roots: only finalizers write them
+  std::atomic<bool> final_mode{false};   // finalizers neither resurrect nor re-register
+  std::atomic<std::uint64_t> next_g{1};
+  std::uint64_t seed = 0;
+
+  Shared(int nroots) : roots(static_cast<std::size_t>(nroots)), res(kResSlots) {}
+
+  void Log(const Event& e) {
+    std::lock_guard lock(mu);
+    events.push_back(e);
+  }
+  void Violation(std::string s) {
+    std::lock_guard lock(mu);
+    violations.push_back(std::move(s));
+  }
+  std::vector<Event> Take() {
+    std::lock_guard lock(mu);
+    std::vector<Event> out;
+    out.swap(events);
+    return out;
+  }
+  std::vector<std::string> TakeViolations() {
+    std::lock_guard lock(mu);
+    std::vector<std::string> out;
+    out.swap(violations);
+    return out;
+  }
+};
+
+// Malloc'd, never a GC pointer: the data segment holds no graph pointer.
+inline Shared* g_shared = nullptr;
+
+inline Node::~Node() {
+  Event e;
+  e.kind = Ev::kDtor;
+  e.thread = kSweepThread;
+  e.x = id;
+  e.x_ok = canary == (kCanary ^ id);
+  g_shared->Log(e);
+  canary = kDeadCanary;
+  asm volatile("" : : "r"(this) : "memory");
+}
+
+// The behaviour of a registration a finalizer makes (the model derives the same).
+inline Reg SpecFor(std::uint64_t seed, std::uint64_t g) {
+  const std::uint64_t h = Mix(seed ^ (g * 0x2545F4914F6CDD1DULL));
+  Reg r;
+  r.g = g;
+  r.kind = 0;
+  r.res_slot = (h % 4 == 0) ? static_cast<int>((h >> 8) % kResSlots) : -1;
+  r.rereg = ((h >> 16) % 3) == 0;
+  return r;
+}
+
+void RegisterFinalizer(Node* x, std::uint64_t id, const Reg& r, Node* cap);
+
+inline void FillSeen(Event& e, Node* x) {
+  for (int k = 0; k < kChildren; ++k) {
+    void* raw = x->child[k];
+    e.child_off[k] = x->child_off[k];
+    if (raw == nullptr) continue;
+    const Node* c = reinterpret_cast<const Node*>(static_cast<char*>(raw) - x->child_off[k]);
+    e.child[k] = c->canary == (kCanary ^ c->id) ? c->id : ~std::uint64_t{0};
+  }
+}
+
+// The body of every finalizer: record what it saw, then act as its registration says.
+inline void RunFinalizer(Node* x, std::uint64_t id, const Reg& r, Node* cap) {
+  Shared& s = *g_shared;
+  Event e;
+  e.kind = Ev::kFinRun;
+  e.thread = kFinThread;
+  e.x = r.kind == 0 ? id : x->id;
+  e.reg.g = r.kind == 0 ? r.g : 0;
+  e.x_ok = r.kind == 0 ? NodeOk(x, id) : x->canary == (kCanary ^ x->id);
+  FillSeen(e, x);
+  if (r.cap != 0) e.cap_ok = NodeOk(cap, r.cap);
+  const bool fm = s.final_mode.load();
+  e.res_done = (!fm && r.kind == 0 && r.res_slot >= 0) ? r.res_slot : -1;
+  std::uint64_t g2 = 0;
+  if (!fm && r.kind == 0 && r.rereg) g2 = s.next_g.fetch_add(1);
+  e.y = g2;
+  // Logged before the resurrection store (which unroots the slot's previous object).
+  s.Log(e);
+  if (e.res_done >= 0) s.res[static_cast<std::size_t>(e.res_done)] = x;
+  if (g2 != 0) {
+    const Reg r2 = SpecFor(s.seed, g2);
+    try {
+      RegisterFinalizer(x, e.x, r2, nullptr);
+    } catch (const std::exception& ex) {
+      s.Violation(Fmt("SetFinalizer inside the finalizer of node %" PRIu64 " threw: %s", e.x,
+                      ex.what()));
+      return;
+    }
+    Event re;
+    re.kind = Ev::kReg;
+    re.thread = kFinThread;
+    re.x = e.x;
+    re.reg = r2;
+    s.Log(re);
+  }
+  gofin::KeepAlive(x);
+}
+
+struct Fin {
+  std::uint64_t id;
+  Reg reg;
+  Node* cap;  // a GC pointer inside the callable: the callable's block keeps it alive
+  void operator()(Node* x) const { RunFinalizer(x, id, reg, cap); }
+};
+
+inline void FinPlain(Node* x) { RunFinalizer(x, 0, Reg{0, 1}, nullptr); }
+
+inline void RegisterFinalizer(Node* x, std::uint64_t id, const Reg& r, Node* cap) {
+  switch (r.kind) {
+    case 1: gofin::SetFinalizer(x, &FinPlain); break;
+    case 2:
+      gofin::SetFinalizer(x, [](const Node* n) {
+        RunFinalizer(const_cast<Node*>(n), 0, Reg{0, 2}, nullptr);
+      });
+      break;
+    case 3:
+      gofin::SetFinalizer(
+          x, [](void* p) { RunFinalizer(static_cast<Node*>(p), 0, Reg{0, 3}, nullptr); });
+      break;
+    default: gofin::SetFinalizer(x, Fin{id, r, cap}); break;
+  }
+}
+
+inline bool Drain(std::chrono::seconds limit = std::chrono::seconds(120)) {
+  return gofin::testing::BlockUntilEmptyFinalizerQueue(limit);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------------
+
+struct Edge {
+  std::uint64_t id = 0;
+  std::uint32_t off = 0;
+  bool operator==(const Edge&) const = default;
+};
+
+struct NState {
+  Edge child[kChildren];
+  Reg reg;
+  int size_kind = 0;
+};
+
+class Model {
+ public:
+  std::unordered_map<std::uint64_t, NState> alive;  // allocated, not destroyed
+  std::unordered_set<std::uint64_t> dead;           // destroyed since the last final drain
+  std::unordered_set<std::uint64_t> frozen;         // kept forever (finalizer cycles)
+  std::uint64_t watermark = 0;  // ids below it are dead or frozen
+  std::vector<std::uint64_t> roots;
+  std::vector<std::uint64_t> res;
+  bool final_mode = false;
+  std::uint64_t seed = 0;
+  std::vector<std::string> errors;
+  std::string where;  // context for messages
+  std::uint64_t finalizers_run = 0, destructors_run = 0;
+
+  Model(int nroots, std::uint64_t s) : roots(static_cast<std::size_t>(nroots)), res(kResSlots), seed(s) {}
+
+  void Fail(const std::string& msg) {
+    if (errors.size() < 50) errors.push_back(where + ": " + msg);
+  }
+
+  // --- mutation helpers (planner and replay) ---
+  void AddNode(std::uint64_t id, int sk) {
+    alive[id].size_kind = sk;
+    dirty_ = true;
+  }
+  void SetEdge(std::uint64_t p, int k, Edge e) {
+    alive[p].child[k] = e;
+    dirty_ = true;
+  }
+  void SetRoot(int slot, std::uint64_t id) {
+    roots[static_cast<std::size_t>(slot)] = id;
+    dirty_ = true;
+  }
+  void SetRes(int slot, std::uint64_t id) {
+    res[static_cast<std::size_t>(slot)] = id;
+    dirty_ = true;
+  }
+  void SetReg(std::uint64_t id, const Reg& r) {
+    alive[id].reg = r;
+    dirty_ = true;
+  }
+  bool Registered(std::uint64_t id) const {
+    auto it = alive.find(id);
+    return it != alive.end() && it->second.reg.g != 0;
+  }
+
+  // Go's mark: from the roots, the resurrection roots, and for every object with a finalizer
+  // what it references and what its callable captured (not the object itself).
+  const std::unordered_set<std::uint64_t>& Marked() {
+    if (!dirty_) return marked_;
+    dirty_ = false;
+    marked_.clear();
+    std::vector<std::uint64_t> stack;
+    auto push = [&](std::uint64_t id) {
+      if (id != 0 && alive.count(id) != 0 && marked_.insert(id).second) stack.push_back(id);
+    };
+    for (auto id : roots) push(id);
+    for (auto id : res) push(id);
+    for (auto& [id, n] : alive) {
+      if (n.reg.g == 0) continue;
+      for (const Edge& e : n.child) push(e.id);
+      push(n.reg.cap);
+    }
+    while (!stack.empty()) {
+      const std::uint64_t id = stack.back();
+      stack.pop_back();
+      for (const Edge& e : alive[id].child) push(e.id);
+    }
+    return marked_;
+  }
+
+  // Why the model thinks id is live (for failure messages).
+  std::string Explain(std::uint64_t id) {
+    std::string s;
+    for (std::size_t i = 0; i < roots.size(); ++i)
+      if (roots[i] == id) s += Fmt(" root[%zu]", i);
+    for (std::size_t i = 0; i < res.size(); ++i)
+      if (res[i] == id) s += Fmt(" res[%zu]", i);
+    const auto& m = Marked();
+    for (auto& [pid, n] : alive) {
+      for (int k = 0; k < kChildren; ++k) {
+        if (n.child[k].id != id) continue;
+        s += Fmt(" parent %" PRIu64 "%s%s", pid, m.count(pid) ? "(marked)" : "(unmarked)",
+                 n.reg.g ? "(has finalizer)" : "");
+      }
+      if (n.reg.g && n.reg.cap == id) s += Fmt(" captured-by-finalizer-of %" PRIu64, pid);
+    }
+    auto it = alive.find(id);
+    if (it != alive.end()) {
+      const NState& n = it->second;
+      s += Fmt(" | self: reg g=%" PRIu64 " kind=%d cap=%" PRIu64 " children=", n.reg.g, n.reg.kind,
+               n.reg.cap);
+      for (const Edge& e : n.child) s += Fmt("%" PRIu64 "+%u ", e.id, e.off);
+    }
+    return s.empty() ? std::string(" (nothing references it)") : s;
+  }
+
+  // --- replay of one log entry, with the safety checks ---
+  void Apply(const Event& e) {
+    switch (e.kind) {
+      case Ev::kAlloc:
+        if (alive.count(e.x) || dead.count(e.x) || e.x < watermark) Fail(Fmt("id %" PRIu64 " allocated twice", e.x));
+        AddNode(e.x, e.size_kind);
+        break;
+      case Ev::kLink:
+        if (Need(e.x, "link parent") && Need(e.y, "link target")) SetEdge(e.x, static_cast<int>(e.k), Edge{e.y, e.off});
+        break;
+      case Ev::kUnlink:
+        if (Need(e.x, "unlink parent")) SetEdge(e.x, static_cast<int>(e.k), Edge{});
+        break;
+      case Ev::kRoot:
+        if (Need(e.y, "root target")) SetRoot(static_cast<int>(e.x), e.y);
+        break;
+      case Ev::kUnroot: SetRoot(static_cast<int>(e.x), 0); break;
+      case Ev::kReg:
+        if (!Need(e.x, "SetFinalizer target")) break;
+        if (alive[e.x].reg.g != 0) {
+          Fail(Fmt("SetFinalizer on node %" PRIu64 " succeeded while registration g=%" PRIu64
+                   " was still set",
+                   e.x, alive[e.x].reg.g));
+        }
+        if (e.thread == kFinThread && !(e.reg == SpecFor(seed, e.reg.g))) Fail("re-registration spec mismatch");
+        if (e.reg.cap != 0) Need(e.reg.cap, "captured object");
+        SetReg(e.x, e.reg);
+        break;
+      case Ev::kUnreg:
+        if (!Need(e.x, "SetFinalizer(nil) target")) break;
+        if (alive[e.x].reg.g != e.reg.g) {
+          Fail(Fmt("finalizer registration g=%" PRIu64 " of node %" PRIu64
+                   " was gone (ran or cleared) while a mutator still held the object",
+                   e.reg.g, e.x));
+        }
+        SetReg(e.x, Reg{});
+        break;
+      case Ev::kFinRun: FinRun(e); break;
+      case Ev::kDtor: Dtor(e); break;
+    }
+  }
+
+  void FinRun(const Event& e) {
+    ++finalizers_run;
+    if (frozen.count(e.x)) {
+      Fail(Fmt("finalizer ran for node %" PRIu64 ", which is kept forever by a finalizer cycle", e.x));
+      return;
+    }
+    auto it = alive.find(e.x);
+    if (it == alive.end()) {
+      Fail(Fmt("finalizer ran for node %" PRIu64 " that was %s", e.x,
+               dead.count(e.x) || e.x < watermark ? "already destroyed" : "never allocated (corrupt id?)"));
+      return;
+    }
+    NState& n = it->second;
+    if (e.reg.g == 0) {
+      if (n.reg.g == 0 || n.reg.kind == 0) {
+        Fail(Fmt("stateless finalizer ran for node %" PRIu64 " whose registration is g=%" PRIu64 " kind=%d",
+                 e.x, n.reg.g, n.reg.kind));
+      }
+    } else if (n.reg.g != e.reg.g) {
+      Fail(Fmt("finalizer g=%" PRIu64 " ran for node %" PRIu64 " whose current registration is g=%" PRIu64
+               " (ran twice, ran after removal, or ran while not registered)",
+               e.reg.g, e.x, n.reg.g));
+    }
+    if (!e.x_ok) Fail(Fmt("finalizer of node %" PRIu64 " got an object with a bad id/canary", e.x));
+    if (!e.cap_ok) Fail(Fmt("object %" PRIu64 " captured by node %" PRIu64 "'s finalizer was freed or corrupt", n.reg.cap, e.x));
+    if (Marked().count(e.x)) {
+      Fail(Fmt("finalizer ran for node %" PRIu64 " that is still reachable (from roots, from an object with a finalizer, or from itself):%s",
+               e.x, Explain(e.x).c_str()));
+    }
+    for (int k = 0; k < kChildren; ++k) {
+      if (e.child[k] != n.child[k].id || (e.child[k] != 0 && e.child_off[k] != n.child[k].off)) {
+        Fail(Fmt("finalizer of node %" PRIu64 " saw child[%d]=%" PRIu64 "+%u, model has %" PRIu64 "+%u",
+                 e.x, k, e.child[k], e.child_off[k], n.child[k].id, n.child[k].off));
+      }
+    }
+    const bool stateful = n.reg.kind == 0;
+    const int want_res = (!final_mode && stateful && n.reg.res_slot >= 0) ? n.reg.res_slot : -1;
+    const bool want_rereg = !final_mode && stateful && n.reg.rereg;
+    if (e.res_done != want_res || (e.y != 0) != want_rereg) {
+      Fail(Fmt("finalizer of node %" PRIu64 " acted unlike its registration (res %d/%d rereg %d/%d)", e.x,
+               e.res_done, want_res, e.y != 0, want_rereg));
+    }
+    SetReg(e.x, Reg{});
+    if (e.res_done >= 0) SetRes(e.res_done, e.x);
+  }
+
+  void Dtor(const Event& e) {
+    ++destructors_run;
+    if (frozen.count(e.x)) {
+      Fail(Fmt("destructor ran for node %" PRIu64 ", which is kept forever by a finalizer cycle", e.x));
+      return;
+    }
+    auto it = alive.find(e.x);
+    if (it == alive.end()) {
+      Fail(Fmt("destructor ran for node %" PRIu64 " that was %s", e.x,
+               dead.count(e.x) || e.x < watermark ? "already destroyed (destructor ran twice)"
+                                                  : "never allocated (corrupt id?)"));
+      return;
+    }
+    if (!e.x_ok) Fail(Fmt("destructor of node %" PRIu64 " found a corrupt canary", e.x));
+    if (it->second.reg.g != 0) {
+      Fail(Fmt("node %" PRIu64 " destroyed while its finalizer g=%" PRIu64 " was still set (or queued)", e.x,
+               it->second.reg.g));
+    }
+    if (Marked().count(e.x)) Fail(Fmt("reachable node %" PRIu64 " destroyed:%s", e.x, Explain(e.x).c_str()));
+    alive.erase(it);
+    dead.insert(e.x);
+    dirty_ = true;
+  }
+
+  bool Need(std::uint64_t id, const char* what) {
+    if (alive.count(id)) return true;
+    Fail(Fmt("%s: node %" PRIu64 " is %s", what, id,
+             frozen.count(id) ? "frozen" : (dead.count(id) || id < watermark) ? "destroyed" : "unknown"));
+    return false;
+  }
+
+  void ApplyAll(const std::vector<Event>& evs) {
+    for (const Event& e : evs) Apply(e);
+  }
+
+  // --- exact prediction ---
+  struct Prediction {
+    std::set<std::uint64_t> fin;   // finalizers that must be queued (and run)
+    std::set<std::uint64_t> dtor;  // objects that must be freed
+  };
+  Prediction Predict() {
+    Prediction p;
+    const auto& m = Marked();
+    for (auto& [id, n] : alive) {
+      if (m.count(id)) continue;
+      (n.reg.g != 0 ? p.fin : p.dtor).insert(id);
+    }
+    return p;
+  }
+
+  // Edges that keep things alive once no root is left: children of every object, plus the
+  // capture of an object's own registered finalizer.
+  std::vector<std::uint64_t> Succ(std::uint64_t id) {
+    std::vector<std::uint64_t> out;
+    auto it = alive.find(id);
+    if (it == alive.end()) return out;
+    for (const Edge& e : it->second.child)
+      if (e.id != 0 && alive.count(e.id)) out.push_back(e.id);
+    if (it->second.reg.g != 0 && it->second.reg.cap != 0 && alive.count(it->second.reg.cap)) out.push_back(it->second.reg.cap);
+    return out;
+  }
+  std::unordered_set<std::uint64_t> ReachPlus(std::uint64_t from) {  // >= 1 step
+    std::unordered_set<std::uint64_t> seen;
+    std::vector<std::uint64_t> st = Succ(from);
+    while (!st.empty()) {
+      const std::uint64_t v = st.back();
+      st.pop_back();
+      if (!seen.insert(v).second) continue;
+      for (auto w : Succ(v)) st.push_back(w);
+    }
+    return seen;
+  }
+
+  // With every root gone: the objects no number of cycles frees (reachable in >= 1 step from a
+  // registered object that reaches itself), and the longest chain of other registered objects
+  // (each cycle finalizes one link of a chain).
+  struct Fixpoint {
+    std::unordered_set<std::uint64_t> stuck;
+    int longest_chain = 0;
+  };
+  Fixpoint ComputeFixpoint() {
+    Fixpoint f;
+    std::vector<std::uint64_t> regd;
+    for (auto& [id, n] : alive)
+      if (n.reg.g != 0) regd.push_back(id);
+    std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> reach;
+    for (auto id : regd) reach[id] = ReachPlus(id);
+    for (auto id : regd) {
+      if (reach[id].count(id)) {
+        for (auto v : reach[id]) f.stuck.insert(v);
+      }
+    }
+    std::vector<std::uint64_t> live_regd;
+    for (auto id : regd)
+      if (!f.stuck.count(id)) live_regd.push_back(id);
+    // depth(z) = 1 + max depth of registered non-stuck w reaching z. Acyclic among them.
+    std::unordered_map<std::uint64_t, int> depth;
+    std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> preds;
+    for (auto w : live_regd)
+      for (auto z : live_regd)
+        if (w != z && reach[w].count(z)) preds[z].push_back(w);
+    std::function<int(std::uint64_t)> d = [&](std::uint64_t z) -> int {
+      auto it = depth.find(z);
+      if (it != depth.end()) return it->second;
+      depth[z] = 1;  // guards against a cycle (cannot happen)
+      int best = 0;
+      for (auto w : preds[z]) best = std::max(best, d(w));
+      return depth[z] = best + 1;
+    };
+    for (auto z : live_regd) f.longest_chain = std::max(f.longest_chain, d(z));
+    return f;
+  }
+
+ private:
+  std::unordered_set<std::uint64_t> marked_;
+  bool dirty_ = true;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Checker procedures (the calling thread holds no needed GC pointer on its stack)
+// ---------------------------------------------------------------------------------------------
+
+inline void CollectViolations(Model& m) {
+  for (auto& v : g_shared->TakeViolations()) m.Fail(v);
+}
+
+inline std::string SetDiff(const std::set<std::uint64_t>& a, const std::set<std::uint64_t>& b) {
+  std::string s;
+  int n = 0;
+  for (auto x : a) {
+    if (b.count(x)) continue;
+    if (n++ < 12) s += Fmt(" %" PRIu64, x);
+  }
+  if (n > 12) s += Fmt(" ... (%d in all)", n);
+  return s;
+}
+
+// One collection with an exact prediction: which finalizers run and which destructors.
+inline void ExactCycle(Model& m) {
+  // Whatever earlier (non-exact) collections queued must have run and been replayed first.
+  if (!Drain()) m.Fail("the finalizer queue did not drain within 120 s before an exact cycle");
+  m.ApplyAll(g_shared->Take());
+  const Model::Prediction want = m.Predict();
+  gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers);
+  if (!Drain()) m.Fail("the finalizer queue did not drain within 120 s");
+  const std::vector<Event> evs = g_shared->Take();
+  std::set<std::uint64_t> fin, dtor;
+  for (const Event& e : evs) {
+    if (e.kind == Ev::kFinRun) fin.insert(e.x);
+    if (e.kind == Ev::kDtor) dtor.insert(e.x);
+  }
+  if (fin != want.fin) {
+    std::string s = "exact cycle: finalizers differ from the model.";
+    const std::string missing = SetDiff(want.fin, fin), extra = SetDiff(fin, want.fin);
+    if (!missing.empty()) s += " Expected but did not run:" + missing;
+    if (!extra.empty()) s += " Ran but the model says reachable:" + extra;
+    for (auto id : want.fin) {
+      if (!fin.count(id)) {
+        s += Fmt(" [first missing %" PRIu64 ":%s]", id, m.Explain(id).c_str());
+        break;
+      }
+    }
+    m.Fail(s);
+  }
+  if (dtor != want.dtor) {
+    std::string s = "exact cycle: destructors differ from the model.";
+    const std::string missing = SetDiff(want.dtor, dtor), extra = SetDiff(dtor, want.dtor);
+    if (!missing.empty()) s += " Unreachable but not freed:" + missing;
+    if (!extra.empty()) s += " Freed but the model says live:" + extra;
+    for (auto id : want.dtor) {
+      if (!dtor.count(id)) {
+        s += Fmt(" [first not freed %" PRIu64 ":%s]", id, m.Explain(id).c_str());
+        break;
+      }
+    }
+    m.Fail(s);
+  }
+  m.ApplyAll(evs);
+  CollectViolations(m);
+}
+
+// Walks the real graph from every root and compares it with the model: ids, canaries, edges.
+inline void CheckHeapGraph(Model& m) {
+  Shared& s = *g_shared;
+  std::unordered_set<std::uint64_t> seen;
+  std::vector<std::pair<const Node*, std::uint64_t>> stack;
+  auto start = [&](const Node* p, std::uint64_t want, const char* what, std::size_t i) {
+    if (want == 0) {
+      if (p != nullptr) m.Fail(Fmt("%s[%zu] holds a node, model says empty", what, i));
+      return;
+    }
+    stack.emplace_back(p, want);
+  };
+  for (std::size_t i = 0; i < s.roots.size(); ++i) start(s.roots[i].get(), m.roots[i], "root", i);
+  for (std::size_t i = 0; i < s.res.size(); ++i) start(s.res[i].get(), m.res[i], "res", i);
+  while (!stack.empty()) {
+    auto [p, id] = stack.back();
+    stack.pop_back();
+    if (!seen.insert(id).second) continue;
+    auto it = m.alive.find(id);
+    if (it == m.alive.end()) {
+      m.Fail(Fmt("graph walk reached node %" PRIu64 ", which the model says is gone", id));
+      continue;
+    }
+    if (!NodeOk(p, id)) {
+      m.Fail(Fmt("live node %" PRIu64 " is corrupt or freed (id %" PRIu64 ", canary %#" PRIx64 ")", id,
+                 p ? p->id : 0, p ? p->canary : 0));
+      continue;
+    }
+    for (int k = 0; k < kChildren; ++k) {
+      const Edge& want = it->second.child[k];
+      void* raw = p->child[k];
+      if (want.id == 0) {
+        if (raw != nullptr) m.Fail(Fmt("node %" PRIu64 " child[%d] is set, model says empty", id, k));
+        continue;
+      }
+      if (raw == nullptr || p->child_off[k] != want.off) {
+        m.Fail(Fmt("node %" PRIu64 " child[%d] lost or changed its edge", id, k));
+        continue;
+      }
+      stack.emplace_back(reinterpret_cast<const Node*>(static_cast<char*>(raw) - want.off), want.id);
+    }
+  }
+}
+
+// Drops every root, turns off resurrection and re-registration, and collects until the model
+// says nothing changes any more: every finalizer outside a finalizer cycle must have run within
+// (longest chain + 2) cycles and every object outside those cycles must be freed.
+inline int FinalDrain(Model& m, bool (*stop)() = nullptr) {
+  Shared& s = *g_shared;
+  m.final_mode = true;
+  s.final_mode.store(true);
+  for (std::size_t i = 0; i < s.roots.size(); ++i) {
+    s.roots[i].reset();
+    m.SetRoot(static_cast<int>(i), 0);
+  }
+  for (std::size_t i = 0; i < s.res.size(); ++i) {
+    s.res[i].reset();
+    m.SetRes(static_cast<int>(i), 0);
+  }
+  const Model::Fixpoint fp = m.ComputeFixpoint();
+  const int bound = fp.longest_chain + 2;
+  int cycles = 0;
+  for (; cycles < bound && m.errors.empty(); ++cycles) {
+    if (stop != nullptr && stop()) break;
+    ExactCycle(m);
+  }
+  if (m.errors.empty() && cycles == bound) {
+    std::size_t regd = 0;
+    for (auto& [id, n] : m.alive) {
+      if (!fp.stuck.count(id)) {
+        m.Fail(Fmt("after %d cycles with no roots (longest finalizer chain %d) node %" PRIu64
+                   " still lives (reg g=%" PRIu64 "):%s",
+                   cycles, fp.longest_chain, id, n.reg.g, m.Explain(id).c_str()));
+        break;
+      }
+      if (n.reg.g) ++regd;
+    }
+    for (auto id : fp.stuck) {
+      if (!m.alive.count(id)) m.Fail(Fmt("node %" PRIu64 " of a finalizer cycle was freed", id));
+    }
+    (void)regd;
+    // Kept forever: drop them from the model; any later event for them is a failure.
+    for (auto id : fp.stuck) m.frozen.insert(id);
+    for (auto id : fp.stuck) m.alive.erase(id);
+    m.dead.clear();
+  }
+  m.final_mode = false;
+  s.final_mode.store(false);
+  return cycles;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations: planned against a model, executed by a mutator thread on the real heap
+// ---------------------------------------------------------------------------------------------
+
+struct Path {
+  int slot = -1;
+  std::vector<std::uint8_t> idx;
+  std::vector<std::uint32_t> offs;
+  std::vector<std::uint64_t> ids;  // ids.size() == idx.size() + 1
+  std::uint64_t Id() const { return ids.back(); }
+};
+
+enum class OpKind : std::uint8_t {
+  kAlloc, kLink, kUnlink, kRoot, kUnroot, kSetFin, kSetFinDup, kRemoveFin, kRemoveFinNone,
+  kVerify, kChurn, kCollect
+};
+
+struct Op {
+  OpKind kind{};
+  Path a, b;
+  int slot = -1;
+  int k = 0;
+  std::uint32_t off = 0;
+  bool had_old = false;
+  std::uint64_t new_id = 0;
+  int size_kind = 0;
+  int place = 0;  // kAlloc: 0 drop, 1 root slot, 2 link into a.child[k]
+  bool with_fin = false;
+  Reg reg;
+  bool cap_self = false;
+  Edge expect[kChildren];
+  std::uint64_t churn = 0;
+};
+
+// Follows a path from a root, checking every node on the way. nullptr (and a violation) if
+// the heap disagrees with the plan.
+inline Node* Navigate(const Path& p, int thread) {
+  Shared& s = *g_shared;
+  Node* n = s.roots[static_cast<std::size_t>(p.slot)].get();
+  if (!NodeOk(n, p.ids[0])) {
+    s.Violation(Fmt("thread %d: root[%d] should hold live node %" PRIu64 " but holds %s", thread, p.slot,
+                    p.ids[0], n ? Fmt("id %" PRIu64 " canary %#" PRIx64, n->id, n->canary).c_str() : "nil"));
+    return nullptr;
+  }
+  for (std::size_t i = 0; i < p.idx.size(); ++i) {
+    void* raw = n->child[p.idx[i]];
+    const std::uint32_t off = n->child_off[p.idx[i]];
+    if (raw == nullptr || off != p.offs[i]) {
+      s.Violation(Fmt("thread %d: node %" PRIu64 " lost child[%u] (to %" PRIu64 ")", thread, p.ids[i], p.idx[i],
+                      p.ids[i + 1]));
+      return nullptr;
+    }
+    Node* c = reinterpret_cast<Node*>(static_cast<char*>(raw) - off);
+    if (!NodeOk(c, p.ids[i + 1])) {
+      s.Violation(Fmt("thread %d: reachable node %" PRIu64 " (child of %" PRIu64 ") is freed or corrupt: id %" PRIu64
+                      " canary %#" PRIx64,
+                      thread, p.ids[i + 1], p.ids[i], c->id, c->canary));
+      return nullptr;
+    }
+    n = c;
+  }
+  return n;
+}
+
+inline void Churn(std::uint64_t seed) {
+  std::uint64_t h = Mix(seed);
+  const int n = static_cast<int>(h % 64) + 1;
+  for (int i = 0; i < n; ++i) {
+    h = Mix(h);
+    switch (h % 5) {
+      case 0: {
+        void* p = gofin::Alloc(16 + (h >> 8) % 2000);
+        std::memcpy(p, &h, sizeof h);
+        break;
+      }
+      case 1: {
+        auto* p = static_cast<unsigned char*>(gofin::AllocNoScan(1 + (h >> 8) % 24));
+        p[0] = 1;
+        break;
+      }
+      case 2: {
+        // memcpy: a small padded noscan array may come back misaligned (see test_misuse.cpp,
+        // NewArrayOfSmallNoScanTypeIsAligned); the oracle checks other things.
+        std::uint64_t* a = gofin::NewArray<std::uint64_t>(1 + (h >> 8) % 300);
+        std::memcpy(static_cast<void*>(a), &h, sizeof h);
+        break;
+      }
+      case 3: gofin::New<Junk>()->words[1] = h; break;
+      default:
+        if ((h >> 8) % 50 == 0) {
+          auto* p = static_cast<unsigned char*>(gofin::Alloc(40000 + (h >> 16) % 100000));
+          p[0] = 1;
+        } else {
+          gofin::New<Junk>();
+        }
+        break;
+    }
+  }
+}
+
+inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0, std::uint32_t k = 0,
+                      std::uint32_t off = 0) {
+  Event e;
+  e.kind = kind;
+  e.thread = thread;
+  e.x = x;
+  e.y = y;
+  e.k = k;
+  e.off = off;
+  g_shared->Log(e);
+}
+
+// Executes one planned operation. false: the heap disagreed (a violation was recorded).
+[[gnu::noinline]] inline bool Execute(const Op& op, int thread) {
+  Shared& s = *g_shared;
+  switch (op.kind) {
+    case OpKind::kAlloc: {
+      Node* x = NewNode(op.size_kind, op.new_id);
+      {
+        Event e;
+        e.kind = Ev::kAlloc;
+        e.thread = thread;
+        e.x = op.new_id;
+        e.size_kind = op.size_kind;
+        s.Log(e);
+      }
+      if (op.with_fin) {
+        Node* cap = nullptr;
+        if (op.cap_self) {
+          cap = x;
+        } else if (op.reg.cap != 0) {
+          cap = Navigate(op.b, thread);
+          if (cap == nullptr) return false;
+        }
+        RegisterFinalizer(x, op.new_id, op.reg, cap);
+        Event e;
+        e.kind = Ev::kReg;
+        e.thread = thread;
+        e.x = op.new_id;
+        e.reg = op.reg;
+        s.Log(e);
+        gofin::KeepAlive(cap);
+      }
+      if (op.place == 1) {
+        if (op.had_old) LogSimple(Ev::kUnroot, thread, static_cast<std::uint64_t>(op.slot));
+        s.roots[static_cast<std::size_t>(op.slot)] = x;
+        LogSimple(Ev::kRoot, thread, static_cast<std::uint64_t>(op.slot), op.new_id);
+      } else if (op.place == 2) {
+        Node* p = Navigate(op.a, thread);
+        if (p == nullptr) return false;
+        if (op.had_old) LogSimple(Ev::kUnlink, thread, op.a.Id(), 0, static_cast<std::uint32_t>(op.k));
+        p->child_off[op.k] = op.off;
+        p->child[op.k] = reinterpret_cast<char*>(x) + op.off;
+        LogSimple(Ev::kLink, thread, op.a.Id(), op.new_id, static_cast<std::uint32_t>(op.k), op.off);
+        gofin::KeepAlive(p);
+      }
+      gofin::KeepAlive(x);
+      return true;
+    }
+    case OpKind::kLink: {
+      Node* p = Navigate(op.a, thread);
+      Node* y = p ? Navigate(op.b, thread) : nullptr;
+      if (y == nullptr) return false;
+      if (op.had_old) LogSimple(Ev::kUnlink, thread, op.a.Id(), 0, static_cast<std::uint32_t>(op.k));
+      p->child_off[op.k] = op.off;
+      p->child[op.k] = reinterpret_cast<char*>(y) + op.off;
+      LogSimple(Ev::kLink, thread, op.a.Id(), op.b.Id(), static_cast<std::uint32_t>(op.k), op.off);
+      gofin::KeepAlive(p);
+      gofin::KeepAlive(y);
+      return true;
+    }
+    case OpKind::kUnlink: {
+      Node* p = Navigate(op.a, thread);
+      if (p == nullptr) return false;
+      LogSimple(Ev::kUnlink, thread, op.a.Id(), 0, static_cast<std::uint32_t>(op.k));
+      p->child[op.k] = nullptr;
+      p->child_off[op.k] = 0;
+      return true;
+    }
+    case OpKind::kRoot: {
+      Node* y = Navigate(op.b, thread);
+      if (y == nullptr) return false;
+      if (op.had_old) LogSimple(Ev::kUnroot, thread, static_cast<std::uint64_t>(op.slot));
+      s.roots[static_cast<std::size_t>(op.slot)] = y;
+      LogSimple(Ev::kRoot, thread, static_cast<std::uint64_t>(op.slot), op.b.Id());
+      gofin::KeepAlive(y);
+      return true;
+    }
+    case OpKind::kUnroot:
+      LogSimple(Ev::kUnroot, thread, static_cast<std::uint64_t>(op.slot));
+      s.roots[static_cast<std::size_t>(op.slot)].reset();
+      return true;
+    case OpKind::kSetFin: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      Node* cap = nullptr;
+      if (op.cap_self) {
+        cap = x;
+      } else if (op.reg.cap != 0) {
+        cap = Navigate(op.b, thread);
+        if (cap == nullptr) return false;
+      }
+      try {
+        RegisterFinalizer(x, op.a.Id(), op.reg, cap);
+      } catch (const std::exception& ex) {
+        s.Violation(Fmt("thread %d: SetFinalizer on node %" PRIu64 " (no finalizer set) threw: %s", thread,
+                        op.a.Id(), ex.what()));
+        return false;
+      }
+      Event e;
+      e.kind = Ev::kReg;
+      e.thread = thread;
+      e.x = op.a.Id();
+      e.reg = op.reg;
+      s.Log(e);
+      gofin::KeepAlive(x);
+      gofin::KeepAlive(cap);
+      return true;
+    }
+    case OpKind::kSetFinDup: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      bool threw = false;
+      try {
+        RegisterFinalizer(x, op.a.Id(), op.reg, nullptr);
+      } catch (const gofin::Error& err) {
+        threw = true;
+        if (std::strcmp(err.what(), "runtime.SetFinalizer: finalizer already set") != 0) {
+          s.Violation(Fmt("thread %d: second SetFinalizer threw the wrong message: %s", thread, err.what()));
+        }
+      }
+      if (!threw) {
+        s.Violation(Fmt("thread %d: SetFinalizer on node %" PRIu64 " which already had one did not throw", thread,
+                        op.a.Id()));
+        return false;
+      }
+      gofin::KeepAlive(x);
+      return true;
+    }
+    case OpKind::kRemoveFin: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      Event e;
+      e.kind = Ev::kUnreg;
+      e.thread = thread;
+      e.x = op.a.Id();
+      e.reg.g = op.reg.g;
+      s.Log(e);
+      gofin::SetFinalizer(x, nullptr);
+      gofin::KeepAlive(x);
+      return true;
+    }
+    case OpKind::kRemoveFinNone: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      gofin::SetFinalizer(x, nullptr);  // none set: a no-op
+      gofin::KeepAlive(x);
+      return true;
+    }
+    case OpKind::kVerify: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      for (int k = 0; k < kChildren; ++k) {
+        const Edge& w = op.expect[k];
+        void* raw = x->child[k];
+        if (w.id == 0) {
+          if (raw != nullptr) {
+            s.Violation(Fmt("thread %d: node %" PRIu64 " child[%d] set, expected empty", thread, op.a.Id(), k));
+            return false;
+          }
+          continue;
+        }
+        const Node* c = raw ? reinterpret_cast<const Node*>(static_cast<char*>(raw) - x->child_off[k]) : nullptr;
+        if (x->child_off[k] != w.off || !NodeOk(c, w.id)) {
+          s.Violation(Fmt("thread %d: node %" PRIu64 " child[%d] should be live node %" PRIu64 "; it is %s", thread,
+                          op.a.Id(), k, w.id,
+                          c ? Fmt("id %" PRIu64 " canary %#" PRIx64, c->id, c->canary).c_str() : "nil"));
+          return false;
+        }
+      }
+      return true;
+    }
+    case OpKind::kChurn: Churn(op.churn); return true;
+    case OpKind::kCollect: gofin::GC(); return true;
+  }
+  return true;
+}
+
+// Random choices: an RNG for the oracle, the fuzzer's input for the fuzzer.
+struct Chooser {
+  virtual ~Chooser() = default;
+  virtual std::uint64_t Below(std::uint64_t n) = 0;  // uniform in [0, n), n > 0
+  bool Chance(int pct) { return Below(100) < static_cast<std::uint64_t>(pct); }
+};
+
+struct Rng final : Chooser {
+  std::uint64_t s;
+  explicit Rng(std::uint64_t seed) : s(seed) {}
+  std::uint64_t Next() { return Mix(s++); }
+  std::uint64_t Below(std::uint64_t n) override { return Next() % n; }
+};
+
+struct PlanLimits {
+  std::size_t max_nodes = 400;  // accessible objects per thread before the planner prunes
+  int depth = 48;               // longest path a mutator follows
+};
+
+// Plans operations for one mutator that owns some root slots, applying each to the plan
+// model as it goes (the plan model evolves exactly as the real graph will).
+class Planner {
+ public:
+  Planner(Model& m, Chooser& ch, std::vector<int> slots, std::uint64_t* next_id, PlanLimits lim = {})
+      : m_(m), ch_(ch), slots_(std::move(slots)), next_id_(next_id), lim_(lim) {}
+
+  bool Next(Op& op) {
+    Refresh();
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      if (Try(op)) {
+        dirty_ = true;
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  void Refresh() {
+    if (!dirty_) return;
+    dirty_ = false;
+    acc_.clear();
+    order_.clear();
+    std::vector<Path> queue;
+    for (int s : slots_) {
+      const std::uint64_t id = m_.roots[static_cast<std::size_t>(s)];
+      if (id == 0 || acc_.count(id)) continue;
+      Path p;
+      p.slot = s;
+      p.ids.push_back(id);
+      acc_[id] = p;
+      order_.push_back(id);
+    }
+    for (std::size_t i = 0; i < order_.size(); ++i) {
+      const Path& p = acc_[order_[i]];
+      if (static_cast<int>(p.idx.size()) >= lim_.depth) continue;
+      const NState& n = m_.alive[order_[i]];
+      for (int k = 0; k < kChildren; ++k) {
+        const Edge& e = n.child[k];
+        if (e.id == 0 || acc_.count(e.id)) continue;
+        Path q = acc_[order_[i]];
+        q.idx.push_back(static_cast<std::uint8_t>(k));
+        q.offs.push_back(e.off);
+        q.ids.push_back(e.id);
+        acc_[e.id] = std::move(q);
+        order_.push_back(e.id);
+      }
+    }
+  }
+
+  bool PickNode(Path& out) {
+    if (order_.empty()) return false;
+    out = acc_[order_[ch_.Below(order_.size())]];
+    return true;
+  }
+  int PickSlot() { return slots_.empty() ? -1 : slots_[ch_.Below(slots_.size())]; }
+
+  Reg NewReg(bool allow_capture, std::uint64_t self) {
+    Reg r;
+    r.g = g_shared->next_g.fetch_add(1);
+    const std::uint64_t v = ch_.Below(100);
+    r.kind = v < 70 ? 0 : v < 80 ? 1 : v < 90 ? 2 : 3;
+    if (r.kind == 0) {
+      if (ch_.Chance(25)) r.res_slot = static_cast<int>(ch_.Below(kResSlots));
+      r.rereg = ch_.Chance(20);
+      if (allow_capture && ch_.Chance(12)) {
+        // Mostly something after `self` in BFS order (rarely an ancestor: capturing what
+        // reaches the object keeps it forever, like capturing the object itself).
+        const auto pos = static_cast<std::size_t>(std::find(order_.begin(), order_.end(), self) - order_.begin());
+        if (ch_.Chance(8)) {
+          r.cap = self;
+        } else if (pos + 1 < order_.size() && ch_.Chance(90)) {
+          r.cap = order_[pos + 1 + ch_.Below(order_.size() - pos - 1)];
+        } else if (!order_.empty()) {
+          r.cap = order_[ch_.Below(order_.size())];
+        }
+      }
+    }
+    return r;
+  }
+
+  bool Try(Op& op) {
+    op = Op{};
+    const bool big = order_.size() > lim_.max_nodes;
+    const std::uint64_t r = ch_.Below(100);
+    if (r < (big ? 8u : 30u)) {  // allocate
+      op.kind = OpKind::kAlloc;
+      op.new_id = (*next_id_)++;
+      const std::uint64_t sz = ch_.Below(100);
+      op.size_kind = sz < 75 ? 0 : sz < 88 ? 1 : sz < 97 ? 2 : 3;
+      m_.AddNode(op.new_id, op.size_kind);
+      if (ch_.Chance(35)) {
+        op.with_fin = true;
+        op.reg = NewReg(true, op.new_id);
+        op.cap_self = op.reg.cap == op.new_id;
+        if (op.reg.cap != 0 && !op.cap_self) op.b = acc_[op.reg.cap];
+        m_.SetReg(op.new_id, op.reg);
+      }
+      const std::uint64_t pl = ch_.Below(100);
+      Path parent;
+      if (pl < 15 && !slots_.empty()) {
+        op.place = 1;
+        op.slot = PickSlot();
+        op.had_old = m_.roots[static_cast<std::size_t>(op.slot)] != 0;
+        m_.SetRoot(op.slot, op.new_id);
+      } else if (pl < 85 && PickNode(parent)) {
+        op.place = 2;
+        op.a = parent;
+        op.k = static_cast<int>(ch_.Below(kChildren));
+        op.off = kEdgeOffsets[ch_.Below(kNumEdgeOffsets)];
+        op.had_old = m_.alive[parent.Id()].child[op.k].id != 0;
+        m_.SetEdge(parent.Id(), op.k, Edge{op.new_id, op.off});
+      } else {
+        op.place = 0;  // garbage right away
+      }
+      return true;
+    }
+    if (r < 45) {  // link; mostly "downwards" in BFS order, so that cycles stay a minority
+      if (!PickNode(op.a)) return false;
+      const auto pos = static_cast<std::size_t>(std::find(order_.begin(), order_.end(), op.a.Id()) - order_.begin());
+      if (pos + 1 < order_.size() && ch_.Chance(95)) {
+        op.b = acc_[order_[pos + 1 + ch_.Below(order_.size() - pos - 1)]];
+      } else if (!PickNode(op.b)) {
+        return false;
+      }
+      op.kind = OpKind::kLink;
+      op.k = static_cast<int>(ch_.Below(kChildren));
+      op.off = kEdgeOffsets[ch_.Below(kNumEdgeOffsets)];
+      op.had_old = m_.alive[op.a.Id()].child[op.k].id != 0;
+      m_.SetEdge(op.a.Id(), op.k, Edge{op.b.Id(), op.off});
+      return true;
+    }
+    if (r < (big ? 70u : 55u)) {  // unlink
+      if (!PickNode(op.a)) return false;
+      op.kind = OpKind::kUnlink;
+      op.k = static_cast<int>(ch_.Below(kChildren));
+      if (m_.alive[op.a.Id()].child[op.k].id == 0) return false;
+      m_.SetEdge(op.a.Id(), op.k, Edge{});
+      return true;
+    }
+    if (r < 60) {  // root
+      op.slot = PickSlot();
+      if (op.slot < 0 || !PickNode(op.b)) return false;
+      op.kind = OpKind::kRoot;
+      op.had_old = m_.roots[static_cast<std::size_t>(op.slot)] != 0;
+      m_.SetRoot(op.slot, op.b.Id());
+      return true;
+    }
+    if (r < (big ? 68u : 63u)) {  // unroot
+      op.slot = PickSlot();
+      if (op.slot < 0 || m_.roots[static_cast<std::size_t>(op.slot)] == 0) return false;
+      op.kind = OpKind::kUnroot;
+      m_.SetRoot(op.slot, 0);
+      return true;
+    }
+    if (r < 76) {  // set a finalizer (or try to set a second one)
+      if (!PickNode(op.a)) return false;
+      const std::uint64_t x = op.a.Id();
+      if (m_.Registered(x)) {
+        op.kind = OpKind::kSetFinDup;
+        op.reg.kind = static_cast<int>(ch_.Below(4));
+        op.reg.g = 0;
+        return true;
+      }
+      op.kind = OpKind::kSetFin;
+      op.reg = NewReg(true, x);
+      op.cap_self = op.reg.cap == x;
+      if (op.reg.cap != 0 && !op.cap_self) op.b = acc_[op.reg.cap];
+      m_.SetReg(x, op.reg);
+      return true;
+    }
+    if (r < 83) {  // remove a finalizer
+      if (!PickNode(op.a)) return false;
+      const std::uint64_t x = op.a.Id();
+      if (m_.Registered(x)) {
+        op.kind = OpKind::kRemoveFin;
+        op.reg.g = m_.alive[x].reg.g;
+        m_.SetReg(x, Reg{});
+      } else {
+        op.kind = OpKind::kRemoveFinNone;
+      }
+      return true;
+    }
+    if (r < 92) {  // verify
+      if (!PickNode(op.a)) return false;
+      op.kind = OpKind::kVerify;
+      for (int k = 0; k < kChildren; ++k) op.expect[k] = m_.alive[op.a.Id()].child[k];
+      return true;
+    }
+    if (r < 99) {
+      op.kind = OpKind::kChurn;
+      op.churn = ch_.Below(~std::uint64_t{0});
+      dirty_ = false;  // nothing changes
+      return true;
+    }
+    op.kind = OpKind::kCollect;
+    return true;
+  }
+
+  Model& m_;
+  Chooser& ch_;
+  std::vector<int> slots_;
+  std::uint64_t* next_id_;
+  PlanLimits lim_;
+  bool dirty_ = true;
+  std::unordered_map<std::uint64_t, Path> acc_;
+  std::vector<std::uint64_t> order_;
+};
+
+}  // namespace oracle

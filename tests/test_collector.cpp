@@ -1,0 +1,555 @@
+// Collection (API.md "Collection"): unreachable objects are freed exactly once, their memory
+// is reused, GC() returns after every destructor of what it freed ran, destructors may
+// allocate and call GC(), and ReadMemStats' fields keep Go's relations.
+//
+// Objects meant to be garbage are created in threads that exit before the collection (their
+// stacks are gone, so no stale word can keep anything alive) or in [[gnu::noinline]] helpers
+// followed by a stack clobber; "freed" is measured with destructor counters and MemStats.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <gofin/gofin.hpp>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
+
+class Watchdog {
+ public:
+  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(120))
+      : thread_([this, what, limit] {
+          std::unique_lock lock(mu_);
+          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+            std::fprintf(stderr, "WATCHDOG: '%s' did not finish within %lld s; aborting\n", what,
+                         static_cast<long long>(limit.count()));
+            std::abort();
+          }
+        }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// Zeroes 128 KiB of the dead stack below the caller, word by word from the stack pointer down
+// (in assembly: an array local would leave the sanitizers' redzones around it unwritten).
+// Writing below %rsp is safe here: a signal handler's frame is dead again once it returned.
+[[gnu::noinline]] void ClobberStack() {
+  asm volatile(
+      "mov %%rsp, %%rdi\n"
+      "lea -131072(%%rsp), %%rcx\n"
+      "1:\n"
+      "sub $8, %%rdi\n"
+      "movq $0, (%%rdi)\n"
+      "cmp %%rcx, %%rdi\n"
+      "ja 1b\n"
+      :
+      :
+      : "rdi", "rcx", "memory", "cc");
+}
+
+[[gnu::noinline]] void CollectClean() {
+  ClobberStack();
+  gofin::GC();
+}
+
+// Runs fn on a thread that exits before this returns.
+template <class F>
+void InThread(F&& fn) {
+  std::thread(std::forward<F>(fn)).join();
+}
+
+constexpr std::uint64_t kCanary = 0x9e3779b97f4a7c15ULL;
+constexpr std::uint64_t kDead = 0xdeadbeefdeadbeefULL;
+
+struct Tracked {
+  Tracked(std::atomic<int>* c, std::uint64_t v) : counter(c), canary(kCanary ^ v), value(v) {}
+  ~Tracked() {
+    counter->fetch_add(1, std::memory_order_relaxed);
+    canary = kDead;
+    asm volatile("" : : "r"(this) : "memory");  // keep the store: it is not dead to us
+  }
+  Tracked(const Tracked&) = delete;
+  Tracked& operator=(const Tracked&) = delete;
+  [[nodiscard]] bool Ok(std::uint64_t v) const { return value == v && canary == (kCanary ^ v); }
+
+  std::atomic<int>* counter;
+  std::uint64_t canary;
+  std::uint64_t value;
+};
+
+int Load(const std::atomic<int>& a) { return a.load(std::memory_order_relaxed); }
+
+[[gnu::noinline]] void MakeGarbage(std::atomic<int>* counter, int n) {
+  for (int i = 0; i < n; ++i) {
+    auto* t = gofin::New<Tracked>(counter, static_cast<std::uint64_t>(i));
+    asm volatile("" : : "r"(t) : "memory");
+  }
+}
+
+// Every collection in this binary is an explicit GC() unless a test turns pacing back on.
+class CollectorEnv : public ::testing::Environment {
+ public:
+  void SetUp() override { old_ = gofin::debug::SetGCPercent(-1); }
+  void TearDown() override { gofin::debug::SetGCPercent(old_); }
+
+ private:
+  int old_ = 100;
+};
+[[maybe_unused]] ::testing::Environment* const g_env =
+    ::testing::AddGlobalTestEnvironment(new CollectorEnv);
+
+void ExpectHeapRelations(const gofin::MemStats& m, const char* where) {
+  SCOPED_TRACE(where);
+  EXPECT_LE(m.HeapInuse, m.HeapSys);
+  EXPECT_EQ(m.HeapIdle, m.HeapSys - m.HeapInuse);
+  EXPECT_LE(m.HeapReleased, m.HeapIdle);
+  EXPECT_EQ(m.Mallocs - m.Frees, m.HeapObjects);
+  EXPECT_GE(m.Mallocs, m.Frees);
+  EXPECT_EQ(m.Alloc, m.HeapAlloc);
+  EXPECT_LE(m.HeapAlloc, m.HeapInuse);
+  EXPECT_LE(m.HeapAlloc, m.TotalAlloc);
+  EXPECT_GE(m.Sys, m.HeapSys);
+  EXPECT_GE(m.NumGC, m.NumForcedGC);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Unreachable objects are freed, exactly once
+// ---------------------------------------------------------------------------------------------
+
+TEST(Collector, UnreachableObjectsAreFreedExactlyOnce) {
+  Watchdog wd("UnreachableObjectsAreFreedExactlyOnce");
+  static std::atomic<int> dtors{0};
+  dtors = 0;
+  constexpr int kN = 20000;
+  CollectClean();
+  const gofin::MemStats base = gofin::ReadMemStats();
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool allocated = false;
+  bool drop = false;
+  bool intact = true;
+  gofin::MemStats mid{};
+  std::thread t([&] {
+    // The objects are kept in a scanned GC array held on this thread's stack.
+    Tracked** keep = gofin::NewArray<Tracked*>(kN);
+    for (int i = 0; i < kN; ++i) keep[i] = gofin::New<Tracked>(&dtors, i);
+    {
+      std::lock_guard lock(mu);
+      allocated = true;
+    }
+    cv.notify_all();
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return drop; });
+    for (int i = 0; i < kN; ++i) intact = intact && keep[i]->Ok(i);
+  });
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return allocated; }));
+  }
+  CollectClean();  // everything is reachable from t's stack
+  mid = gofin::ReadMemStats();
+  EXPECT_EQ(Load(dtors), 0) << "reachable objects were freed";
+  EXPECT_GE(mid.HeapObjects, base.HeapObjects + kN + 1);
+  {
+    std::lock_guard lock(mu);
+    drop = true;
+  }
+  cv.notify_all();
+  t.join();
+  EXPECT_TRUE(intact);
+
+  CollectClean();
+  EXPECT_EQ(Load(dtors), kN) << "every unreachable object's destructor runs once";
+  const gofin::MemStats after = gofin::ReadMemStats();
+  EXPECT_LE(after.HeapObjects, base.HeapObjects) << "HeapObjects did not drop back";
+  EXPECT_GE(mid.HeapObjects - after.HeapObjects, static_cast<std::uint64_t>(kN + 1));
+  EXPECT_GE(after.Frees - mid.Frees, static_cast<std::uint64_t>(kN + 1));
+  EXPECT_LT(after.HeapAlloc, mid.HeapAlloc);
+  EXPECT_GE(mid.HeapAlloc - after.HeapAlloc, static_cast<std::uint64_t>(kN) * sizeof(Tracked));
+  ExpectHeapRelations(after, "after");
+
+  // A second and third collection find nothing more to destroy: no double destruction.
+  CollectClean();
+  CollectClean();
+  EXPECT_EQ(Load(dtors), kN);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory reuse
+// ---------------------------------------------------------------------------------------------
+
+TEST(Collector, FreedSmallObjectMemoryIsReused) {
+  Watchdog wd("FreedSmallObjectMemoryIsReused");
+  static std::atomic<int> dtors{0};
+  dtors = 0;
+  // 24 MiB of 32-byte objects per round (small in sanitizer builds).
+  const int per_round = kSanitized ? 200000 : 800000;
+  InThread([&] { MakeGarbage(&dtors, per_round); });
+  CollectClean();
+  ASSERT_EQ(Load(dtors), per_round);
+  const gofin::MemStats first = gofin::ReadMemStats();
+  for (int round = 1; round <= 5; ++round) {
+    InThread([&] { MakeGarbage(&dtors, per_round); });
+    CollectClean();
+    EXPECT_EQ(Load(dtors), per_round * (round + 1));
+  }
+  const gofin::MemStats last = gofin::ReadMemStats();
+  // The heap grew for the first round; later rounds reuse the same pages.
+  EXPECT_LE(last.HeapSys, first.HeapSys + first.HeapSys / 8 + 4 * kMiB)
+      << "HeapSys grew from " << first.HeapSys << " to " << last.HeapSys
+      << ": freed memory is not reused";
+  ExpectHeapRelations(last, "last");
+}
+
+namespace large {
+std::atomic<int> g_dtors{0};
+struct Big {
+  std::uint64_t words[128 * 1024];  // 1 MiB: a large object
+  ~Big() { g_dtors.fetch_add(1, std::memory_order_relaxed); }
+};
+[[gnu::noinline]] void MakeBigGarbage(int n) {
+  for (int i = 0; i < n; ++i) {
+    Big* b = gofin::New<Big>();
+    b->words[0] = static_cast<std::uint64_t>(i);
+    b->words[128 * 1024 - 1] = kCanary;
+    asm volatile("" : : "r"(b) : "memory");
+  }
+}
+}  // namespace large
+
+TEST(Collector, LargeObjectsAreFreedAndTheirPagesReused) {
+  Watchdog wd("LargeObjectsAreFreedAndTheirPagesReused");
+  using large::g_dtors;
+  g_dtors = 0;
+  constexpr int kN = 64;  // 64 MiB per round
+  CollectClean();
+  const gofin::MemStats base = gofin::ReadMemStats();
+  InThread([] { large::MakeBigGarbage(kN); });
+  const gofin::MemStats mid = gofin::ReadMemStats();
+  EXPECT_GE(mid.HeapInuse, base.HeapInuse + kN * kMiB);
+  EXPECT_GE(mid.HeapObjects, base.HeapObjects + kN);
+  CollectClean();
+  EXPECT_EQ(Load(g_dtors), kN);
+  const gofin::MemStats first = gofin::ReadMemStats();
+  EXPECT_LE(first.HeapInuse, base.HeapInuse + 2 * kMiB) << "large objects' pages stay in use";
+  EXPECT_LE(first.HeapObjects, base.HeapObjects);
+  for (int round = 1; round <= 4; ++round) {
+    InThread([] { large::MakeBigGarbage(kN); });
+    CollectClean();
+    EXPECT_EQ(Load(g_dtors), kN * (round + 1));
+  }
+  const gofin::MemStats last = gofin::ReadMemStats();
+  EXPECT_LE(last.HeapSys, first.HeapSys + 8 * kMiB)
+      << "HeapSys grew from " << first.HeapSys << " to " << last.HeapSys
+      << ": freed large-object pages are not reused";
+  ExpectHeapRelations(last, "last");
+}
+
+// ---------------------------------------------------------------------------------------------
+// GC() returns after every destructor of what it freed ran
+// ---------------------------------------------------------------------------------------------
+
+namespace slow_dtor {
+std::atomic<int> g_dtors{0};
+std::atomic<std::uint64_t> g_sink{0};  // destructors run on several threads at once
+struct Slow {
+  std::uint64_t v = 0;
+  ~Slow() {
+    // Some work, so that the sweep takes a while and a racing return would show.
+    std::uint64_t h = v;
+    for (int i = 0; i < 50; ++i) h = h * 6364136223846793005ULL + 1442695040888963407ULL;
+    g_sink.store(h, std::memory_order_relaxed);
+    g_dtors.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+[[gnu::noinline]] void MakeSlowGarbage(int n) {
+  for (int i = 0; i < n; ++i) gofin::New<Slow>()->v = static_cast<std::uint64_t>(i);
+}
+}  // namespace slow_dtor
+
+TEST(Collector, GCReturnsOnlyAfterAllDestructorsRan) {
+  Watchdog wd("GCReturnsOnlyAfterAllDestructorsRan", std::chrono::seconds(300));
+  using slow_dtor::g_dtors;
+  g_dtors = 0;
+  const int n = kSanitized ? 50000 : 200000;
+  // Another thread allocates throughout, so spans are also swept by allocation and by the
+  // background sweeper while GC() runs.
+  std::atomic<bool> stop{false};
+  static std::atomic<int> noise_dtors{0};
+  std::thread noise([&] {
+    while (!stop.load(std::memory_order_relaxed)) MakeGarbage(&noise_dtors, 1000);
+  });
+  int expected = 0;
+  for (int round = 0; round < 5; ++round) {
+    InThread([&] { slow_dtor::MakeSlowGarbage(n); });
+    expected += n;
+    CollectClean();
+    EXPECT_EQ(Load(g_dtors), expected) << "GC() returned before its destructors ran (round "
+                                       << round << ")";
+  }
+  stop.store(true);
+  noise.join();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Destructors that allocate or call GC()
+// ---------------------------------------------------------------------------------------------
+
+namespace alloc_in_dtor {
+std::atomic<int> g_outer{0};
+std::atomic<int> g_inner{0};
+struct AllocatesInDtor {
+  std::uint64_t v = 0;
+  ~AllocatesInDtor() {
+    // Small (same and other size classes) and large allocations while the sweeper runs.
+    auto* t = gofin::New<Tracked>(&g_inner, v);
+    void* small = gofin::Alloc(200);
+    void* big = (v % 64 == 0) ? gofin::AllocNoScan(100000) : nullptr;
+    asm volatile("" : : "r"(t), "r"(small), "r"(big) : "memory");
+    g_outer.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+[[gnu::noinline]] void MakeGarbage(int n) {
+  for (int i = 0; i < n; ++i) gofin::New<AllocatesInDtor>()->v = static_cast<std::uint64_t>(i);
+}
+}  // namespace alloc_in_dtor
+
+TEST(Collector, DestructorsMayAllocateDuringSweep) {
+  Watchdog wd("DestructorsMayAllocateDuringSweep");
+  using namespace alloc_in_dtor;  // NOLINT
+  g_outer = 0;
+  g_inner = 0;
+  const int n = kSanitized ? 5000 : 20000;
+  InThread([&] { alloc_in_dtor::MakeGarbage(n); });
+  CollectClean();
+  EXPECT_EQ(Load(g_outer), n);
+  EXPECT_EQ(Load(g_inner), 0);
+  // What the destructors allocated is garbage for the next collections. The thread that ran a
+  // destructor (this one, or the background sweeper) may keep one stale word on its stack.
+  CollectClean();
+  CollectClean();
+  EXPECT_GE(Load(g_inner), n - 2);
+  EXPECT_LE(Load(g_inner), n);
+  EXPECT_EQ(Load(g_outer), n);
+}
+
+namespace gc_in_dtor {
+std::atomic<int> g_dtors{0};
+struct CallsGC {
+  ~CallsGC() {
+    gofin::GC();  // from inside a sweep: must return at once without collecting
+    g_dtors.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+[[gnu::noinline]] void MakeGarbage(int n) {
+  for (int i = 0; i < n; ++i) {
+    auto* p = gofin::New<CallsGC>();
+    asm volatile("" : : "r"(p) : "memory");
+  }
+}
+}  // namespace gc_in_dtor
+
+TEST(Collector, GCInsideADestructorIsAHarmlessNoOp) {
+  Watchdog wd("GCInsideADestructorIsAHarmlessNoOp");
+  using gc_in_dtor::g_dtors;
+  g_dtors = 0;
+  constexpr int kN = 1000;
+  InThread([] { gc_in_dtor::MakeGarbage(kN); });
+  const std::uint64_t gcs_before = gofin::ReadMemStats().NumGC;
+  CollectClean();
+  const std::uint64_t gcs_after = gofin::ReadMemStats().NumGC;
+  EXPECT_EQ(Load(g_dtors), kN);
+  EXPECT_EQ(gcs_after - gcs_before, 1U) << "a GC() called from a destructor collected";
+}
+
+namespace stats_in_dtor {
+std::atomic<int> g_dtors{0};
+std::atomic<int> g_bad{0};
+struct ReadsStats {
+  ~ReadsStats() {
+    const gofin::MemStats m = gofin::ReadMemStats();
+    if (m.HeapInuse > m.HeapSys) g_bad.fetch_add(1, std::memory_order_relaxed);
+    g_dtors.fetch_add(1, std::memory_order_relaxed);
+  }
+};
+[[gnu::noinline]] void MakeGarbage(int n) {
+  for (int i = 0; i < n; ++i) {
+    auto* p = gofin::New<ReadsStats>();
+    asm volatile("" : : "r"(p) : "memory");
+  }
+}
+}  // namespace stats_in_dtor
+
+// Destructors are user code; reading the statistics from one must not hang (Go lets a
+// finalizer call runtime.ReadMemStats).
+TEST(Collector, ReadMemStatsInsideADestructorDoesNotDeadlock) {
+  Watchdog wd("ReadMemStatsInsideADestructorDoesNotDeadlock", std::chrono::seconds(30));
+  using namespace stats_in_dtor;  // NOLINT
+  g_dtors = 0;
+  g_bad = 0;
+  InThread([] { stats_in_dtor::MakeGarbage(100); });
+  CollectClean();
+  EXPECT_EQ(Load(g_dtors), 100);
+  EXPECT_EQ(Load(g_bad), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReadMemStats
+// ---------------------------------------------------------------------------------------------
+
+TEST(Collector, MemStatsRelationsHold) {
+  CollectClean();
+  const gofin::MemStats m0 = gofin::ReadMemStats();
+  ExpectHeapRelations(m0, "m0");
+  EXPECT_NE(m0.LastGC, 0U) << "LastGC is zero after a GC";
+  const auto now_ns = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
+  EXPECT_LE(m0.LastGC, now_ns) << "LastGC is in the future (it is Unix nanoseconds)";
+  EXPECT_GE(m0.LastGC, now_ns - 60ULL * 1000000000ULL) << "LastGC is not Unix nanoseconds";
+  EXPECT_GT(m0.PauseTotalNs, 0U);
+  EXPECT_GT(m0.NextGC, 0U);
+
+  // Allocation moves the cumulative counters by what was allocated.
+  static std::atomic<int> dtors{0};
+  dtors = 0;
+  constexpr int kN = 1000;
+  InThread([] { MakeGarbage(&dtors, kN); });
+  const gofin::MemStats m1 = gofin::ReadMemStats();
+  ExpectHeapRelations(m1, "m1");
+  EXPECT_EQ(m1.Mallocs - m0.Mallocs, static_cast<std::uint64_t>(kN));
+  EXPECT_GE(m1.TotalAlloc - m0.TotalAlloc, kN * sizeof(Tracked));
+  EXPECT_EQ(m1.HeapObjects - m0.HeapObjects, static_cast<std::uint64_t>(kN));
+  EXPECT_EQ(m1.NumGC, m0.NumGC) << "pacing is off: nothing but GC() collects";
+  EXPECT_EQ(m1.LastGC, m0.LastGC);
+  EXPECT_EQ(m1.PauseTotalNs, m0.PauseTotalNs);
+
+  // One GC(): NumGC and NumForcedGC by exactly one; PauseTotalNs and LastGC grow.
+  CollectClean();
+  const gofin::MemStats m2 = gofin::ReadMemStats();
+  ExpectHeapRelations(m2, "m2");
+  EXPECT_EQ(m2.NumGC, m1.NumGC + 1);
+  EXPECT_EQ(m2.NumForcedGC, m1.NumForcedGC + 1);
+  EXPECT_GT(m2.PauseTotalNs, m1.PauseTotalNs);
+  EXPECT_GT(m2.LastGC, m1.LastGC);
+  EXPECT_EQ(m2.TotalAlloc, m1.TotalAlloc) << "TotalAlloc is cumulative: a GC never lowers it";
+  EXPECT_EQ(m2.Mallocs, m1.Mallocs);
+  // At least the kN objects (an object an earlier test left on some thread's stack may go too).
+  EXPECT_GE(m2.Frees - m1.Frees, static_cast<std::uint64_t>(kN));
+  EXPECT_GE(m1.HeapObjects - m2.HeapObjects, static_cast<std::uint64_t>(kN));
+  EXPECT_EQ(Load(dtors), kN);
+
+  for (int i = 0; i < 5; ++i) CollectClean();
+  const gofin::MemStats m3 = gofin::ReadMemStats();
+  EXPECT_EQ(m3.NumGC, m2.NumGC + 5);
+  EXPECT_EQ(m3.NumForcedGC, m2.NumForcedGC + 5);
+  EXPECT_GE(m3.TotalAlloc, m2.TotalAlloc);
+}
+
+TEST(Collector, MemStatsStayConsistentUnderConcurrentAllocation) {
+  Watchdog wd("MemStatsStayConsistentUnderConcurrentAllocation");
+  static std::atomic<int> dtors{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      int i = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        MakeGarbage(&dtors, 500);
+        if (++i % 8 == 0) {
+          void* big = gofin::Alloc(64 * 1024);
+          asm volatile("" : : "r"(big) : "memory");
+        }
+      }
+    });
+  }
+  gofin::MemStats prev = gofin::ReadMemStats();
+  const int reads = kSanitized ? 100 : 400;
+  for (int i = 0; i < reads; ++i) {
+    if (i % 50 == 25) gofin::GC();
+    const gofin::MemStats m = gofin::ReadMemStats();
+    ExpectHeapRelations(m, "concurrent");
+    EXPECT_GE(m.TotalAlloc, prev.TotalAlloc);
+    EXPECT_GE(m.Mallocs, prev.Mallocs);
+    EXPECT_GE(m.Frees, prev.Frees);
+    EXPECT_GE(m.NumGC, prev.NumGC);
+    EXPECT_GE(m.PauseTotalNs, prev.PauseTotalNs);
+    EXPECT_GE(m.LastGC, prev.LastGC);
+    prev = m;
+    if (::testing::Test::HasFailure()) break;
+  }
+  stop.store(true);
+  for (auto& th : threads) th.join();
+}
+
+// ---------------------------------------------------------------------------------------------
+// gofin's own threads are not roots
+// ---------------------------------------------------------------------------------------------
+
+// Once a destructor run by the background sweeper allocates, the sweeper thread is registered
+// like a mutator thread. API.md: "gofin's own frames and the dead stack below them are never
+// roots", so its idle stack must keep nothing alive. The same sequence as
+// DestructorsMayAllocateDuringSweep followed by LargeObjectsAreFreedAndTheirPagesReused:
+// every round's 1 MiB objects, made in a thread that exited, must all be freed.
+TEST(Collector, SweeperThreadFramesAreNotRootsAfterDestructorsAllocate) {
+  Watchdog wd("SweeperThreadFramesAreNotRootsAfterDestructorsAllocate", std::chrono::seconds(300));
+  const int n = kSanitized ? 5000 : 20000;
+  for (int i = 0; i < 2; ++i) {
+    InThread([&] { alloc_in_dtor::MakeGarbage(n); });
+    CollectClean();
+    CollectClean();
+    CollectClean();
+  }
+  using large::g_dtors;
+  g_dtors = 0;
+  constexpr int kN = 64;
+  int expected = 0;
+  for (int round = 0; round < 8; ++round) {
+    InThread([] { large::MakeBigGarbage(kN); });
+    expected += kN;
+    CollectClean();
+    EXPECT_EQ(Load(g_dtors), expected)
+        << "round " << round << ": " << expected - Load(g_dtors)
+        << " unreachable 1 MiB objects survived (a gofin-internal thread's stack keeps them)";
+  }
+  const gofin::MemStats m = gofin::ReadMemStats();
+  ExpectHeapRelations(m, "end");
+}
