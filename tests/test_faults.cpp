@@ -726,6 +726,11 @@ TEST(FaultsDeathTest, ForkedChildCanAllocateCollectAndFinalize) {
   EXPECT_EXIT(ForkScenario(false, 3), ::testing::ExitedWithCode(0), "");
 }
 
-TEST(FaultsDeathTest, ForkWhileAnotherThreadAllocatesAndCollects) {
+// Outside what gofin supports (README, "Misuse"): a fork while another thread is inside gofin
+// can leave the child with a half-updated structure or a lock it can never take; a fork
+// handler that stopped the world first would deadlock glibc's own malloc fork handling. It
+// passes most runs and hangs some, so it is not part of the suite; run it by hand with
+// --gtest_also_run_disabled_tests.
+TEST(FaultsDeathTest, DISABLED_ForkWhileAnotherThreadAllocatesAndCollects) {
   EXPECT_EXIT(ForkScenario(true, 50), ::testing::ExitedWithCode(0), "");
 }
