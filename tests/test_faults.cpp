@@ -38,6 +38,24 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kTsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kTsan = true;
+#else
+constexpr bool kTsan = false;
+#endif
+#else
+constexpr bool kTsan = false;
+#endif
+// ThreadSanitizer cannot run under an address-space limit (its own allocator's mmaps fail) nor
+// start threads in a child forked from a multi-threaded process (die_after_fork).
+#define SKIP_UNDER_TSAN(why)                                           \
+  do {                                                                 \
+    if (kTsan) GTEST_SKIP() << "not under ThreadSanitizer: " << why; \
+  } while (0)
+
 constexpr std::uintptr_t kMask = 0xA5A5A5A5A5A5A5A5ULL;
 constexpr std::uint64_t kCanary = 0x0DDBA11CAFEBABE5ULL;
 constexpr std::uint64_t kMiB = 1 << 20;
@@ -289,12 +307,15 @@ enum class OomKind { kLarge, kSmall, kSmallWithFinalizers };
 }  // namespace
 
 TEST(FaultsDeathTest, OutOfAddressSpaceWithLargeObjects) {
+  SKIP_UNDER_TSAN("RLIMIT_AS");
   EXPECT_EXIT(OomChild(OomKind::kLarge), ::testing::ExitedWithCode(0), "");
 }
 TEST(FaultsDeathTest, OutOfAddressSpaceWithSmallObjects) {
+  SKIP_UNDER_TSAN("RLIMIT_AS");
   EXPECT_EXIT(OomChild(OomKind::kSmall), ::testing::ExitedWithCode(0), "");
 }
 TEST(FaultsDeathTest, OutOfAddressSpaceWhileFinalizersAreQueued) {
+  SKIP_UNDER_TSAN("RLIMIT_AS");
   EXPECT_EXIT(OomChild(OomKind::kSmallWithFinalizers), ::testing::ExitedWithCode(0), "");
 }
 
@@ -723,6 +744,7 @@ std::string Describe(const ForkResult& r) {
 }  // namespace
 
 TEST(FaultsDeathTest, ForkedChildCanAllocateCollectAndFinalize) {
+  SKIP_UNDER_TSAN("fork() of a multi-threaded process");
   EXPECT_EXIT(ForkScenario(false, 3), ::testing::ExitedWithCode(0), "");
 }
 
@@ -732,5 +754,6 @@ TEST(FaultsDeathTest, ForkedChildCanAllocateCollectAndFinalize) {
 // passes most runs and hangs some, so it is not part of the suite; run it by hand with
 // --gtest_also_run_disabled_tests.
 TEST(FaultsDeathTest, DISABLED_ForkWhileAnotherThreadAllocatesAndCollects) {
+  SKIP_UNDER_TSAN("fork() of a multi-threaded process");
   EXPECT_EXIT(ForkScenario(true, 50), ::testing::ExitedWithCode(0), "");
 }

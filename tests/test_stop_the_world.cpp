@@ -95,10 +95,32 @@ class Watchdog {
       "movq $0, (%%rdi)\n"
       "cmp %%rcx, %%rdi\n"
       "ja 1b\n"
+      // The caller-saved registers too: a stopped thread's registers are roots, and a callee
+      // may have left a pointer in one.
+      "xor %%eax, %%eax\n"
+      "xor %%ecx, %%ecx\n"
+      "xor %%edx, %%edx\n"
+      "xor %%esi, %%esi\n"
+      "xor %%edi, %%edi\n"
+      "xor %%r8d, %%r8d\n"
+      "xor %%r9d, %%r9d\n"
+      "xor %%r10d, %%r10d\n"
+      "xor %%r11d, %%r11d\n"
       :
       :
-      : "rdi", "rcx", "memory", "cc");
+      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
 }
+
+// Before every test, the dead stack below gtest's per-test frames is zeroed, so that the test
+// body's frame (whose unwritten slots, e.g. sanitizer redzones, would otherwise hold words
+// left by earlier tests) starts clean.
+class ClobberBeforeEachTest : public ::testing::EmptyTestEventListener {
+  void OnTestStart(const ::testing::TestInfo& /*info*/) override { ClobberStack(); }
+};
+[[maybe_unused]] const bool g_clobber_registered = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new ClobberBeforeEachTest);
+  return true;
+}();
 
 [[gnu::noinline]] void CollectClean() {
   ClobberStack();

@@ -44,5 +44,5 @@ echo "==> running for ${secs}s"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:detect_stack_use_after_return=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 # shellcheck disable=SC2086
-"$out/fuzz_api" -max_total_time="$secs" -timeout=120 -rss_limit_mb=4096 -print_final_stats=1 \
+"$out/fuzz_api" -max_total_time="$secs" -timeout=120 -rss_limit_mb=4096 -detect_leaks=0 -print_final_stats=1 \
   -artifact_prefix="$out/" ${FUZZ_ARGS:-} "$out/corpus" tests/fuzz/corpus
