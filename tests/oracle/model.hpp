@@ -25,6 +25,7 @@
 // must do exactly what Go's rules say; the model predicts which finalizers are queued and
 // which destructors run and the checker compares sets.
 #include <gofin/gofin.hpp>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
@@ -161,22 +162,35 @@ struct Shared {
 
   Shared(int nroots) : roots(static_cast<std::size_t>(nroots)), res(kResSlots) {}
 
+  // A spinning try_lock, not a blocking lock: under ThreadSanitizer a thread blocked inside
+  // pthread_mutex_lock does not take gofin's stop signal (TSan defers asynchronous signals
+  // outside its blocking interceptors), so if the holder was stopped first, the stop never
+  // completes. Each try_lock is an interceptor call where the pending stop is delivered.
+  struct Guard {
+    explicit Guard(std::mutex& m) : m_(m) {
+      while (!m_.try_lock()) sched_yield();
+    }
+    ~Guard() { m_.unlock(); }
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+    std::mutex& m_;
+  };
   void Log(const Event& e) {
-    std::lock_guard lock(mu);
+    Guard lock(mu);
     events.push_back(e);
   }
   void Violation(std::string s) {
-    std::lock_guard lock(mu);
+    Guard lock(mu);
     violations.push_back(std::move(s));
   }
   std::vector<Event> Take() {
-    std::lock_guard lock(mu);
+    Guard lock(mu);
     std::vector<Event> out;
     out.swap(events);
     return out;
   }
   std::vector<std::string> TakeViolations() {
-    std::lock_guard lock(mu);
+    Guard lock(mu);
     std::vector<std::string> out;
     out.swap(violations);
     return out;

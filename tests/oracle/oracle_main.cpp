@@ -42,13 +42,14 @@ struct Options {
   double seconds = -1;
   int roots = 24;
   int round = 6;  // phases between final drains
+  int watchdog = 0;  // seconds without progress before aborting (0: 300, or 900 for long soaks)
   bool verbose = false;
 };
 
 [[noreturn]] void Usage() {
   std::fprintf(stderr,
                "usage: gofin_oracle [--seed S] [--ops N] [--threads T] [--seconds X] [--roots R] "
-               "[--round P] [--verbose]\n");
+               "[--round P] [--watchdog S] [--verbose]\n");
   std::exit(2);
 }
 
@@ -73,6 +74,8 @@ Options Parse(int argc, char** argv) {
       o.roots = std::max(4, std::atoi(val()));
     } else if (a == "--round") {
       o.round = std::max(1, std::atoi(val()));
+    } else if (a == "--watchdog") {
+      o.watchdog = std::max(1, std::atoi(val()));
     } else if (a == "--verbose" || a == "-v") {
       o.verbose = true;
     } else {
@@ -99,24 +102,22 @@ class Watchdog {
   }
   void Kick(const char* what) {
     std::lock_guard l(mu_);
-    ++ticks_;
+    last_ = std::chrono::steady_clock::now();
     what_ = what;
   }
 
  private:
   void Run() {
     std::unique_lock l(mu_);
-    std::uint64_t last = ticks_;
     while (!done_) {
-      cv_.wait_for(l, std::chrono::seconds(limit_));
+      cv_.wait_for(l, std::chrono::seconds(1));
       if (done_) return;
-      if (ticks_ == last) {
+      if (std::chrono::steady_clock::now() - last_ > std::chrono::seconds(limit_)) {
         std::fprintf(stderr, "gofin_oracle: FAILED seed=%llu: no progress for %d s (stuck in: %s); aborting\n",
                      static_cast<unsigned long long>(seed_), limit_, what_);
         std::fflush(stderr);
         std::abort();
       }
-      last = ticks_;
     }
   }
   std::uint64_t seed_;
@@ -124,7 +125,7 @@ class Watchdog {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
-  std::uint64_t ticks_ = 0;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
   const char* what_ = "start";
   std::thread t_;
 };
@@ -148,7 +149,7 @@ struct UnionFind {
 class Oracle {
  public:
   explicit Oracle(const Options& o)
-      : o_(o), model_(o.roots, o.seed), rng_(o.seed), watchdog_(o.seed, o.seconds > 600 ? 900 : 300) {
+      : o_(o), model_(o.roots, o.seed), rng_(o.seed), watchdog_(o.seed, o.watchdog > 0 ? o.watchdog : o.seconds > 600 ? 900 : 300) {
     oracle::g_shared = new oracle::Shared(o.roots);  // lives for the process
     oracle::g_shared->seed = o.seed;
     gofin::debug::SetGCPercent(-1);
