@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdint>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -12,6 +13,43 @@
 
 namespace gofin::internal {
 
+// The phase's membership word: how many workers joined, how many of them are idle, and
+// whether the phase is closed. One word so that "every worker that joined is idle" and
+// "nobody may join any more" are decided by one compare-and-swap: a helper thread the
+// scheduler wakes late simply finds the phase closed, instead of the others waiting for it.
+class PhaseState {
+ public:
+  static constexpr std::uint64_t kIdleOne = 1;
+  static constexpr std::uint64_t kJoinedOne = std::uint64_t{1} << 16;
+  static constexpr std::uint64_t kClosed = std::uint64_t{1} << 32;
+
+  static int Idle(std::uint64_t s) { return static_cast<int>(s & 0xffff); }
+  static int Joined(std::uint64_t s) { return static_cast<int>((s >> 16) & 0xffff); }
+  static bool Closed(std::uint64_t s) { return (s & kClosed) != 0; }
+
+  // Opens the phase with the calling (collecting) thread as its first member. Release: a
+  // helper that joins sees the phase's setup.
+  void Open() { word_.store(kJoinedOne, std::memory_order_release); }
+  // Acquire pairs with Open.
+  bool TryJoin() {
+    std::uint64_t s = word_.load(std::memory_order_acquire);
+    while (!Closed(s)) {
+      if (word_.compare_exchange_weak(s, s + kJoinedOne, std::memory_order_acquire)) return true;
+    }
+    return false;
+  }
+  std::uint64_t GoIdle() { return word_.fetch_add(kIdleOne) + kIdleOne; }
+  void Resume() { word_.fetch_sub(kIdleOne); }
+  [[nodiscard]] std::uint64_t Load() const { return word_.load(); }
+  // Closes the phase if the word is still s (every member idle): nobody joined or resumed
+  // in between.
+  bool TryClose(std::uint64_t s) { return word_.compare_exchange_strong(s, s | kClosed); }
+  [[nodiscard]] bool AnyIdle() const { return Idle(word_.load(std::memory_order_relaxed)) > 0; }
+
+ private:
+  std::atomic<std::uint64_t> word_{kClosed};
+};
+
 namespace {
 
 // Go: maxObletBytes. Large objects are scanned in pieces so one worker never holds a
@@ -19,6 +57,15 @@ namespace {
 constexpr std::uintptr_t kObletBytes = std::uintptr_t{128} * 1024;
 // How many objects a worker scans between offers of work to idle workers.
 constexpr int kBalanceInterval = 64;
+
+// A queue entry is an object's address with, for a small object, its size in the top bits,
+// so that scanning it needs no second span lookup (user-space addresses fit in 48 bits).
+// Large objects and oblets carry size 0 and look their span up.
+constexpr unsigned kEntrySizeShift = 48;
+constexpr std::uintptr_t kEntryAddressMask = (std::uintptr_t{1} << kEntrySizeShift) - 1;
+static_assert(kMaxSmallSize < (std::uintptr_t{1} << (64 - kEntrySizeShift)),
+              "a small object's size must fit in a work-queue entry's tag");
+constexpr unsigned kPrefetchDistance = 8;
 
 constexpr std::size_t kMaxExtraRoots = 8;
 constinit std::atomic<ExtraRootsFn> g_extra_roots[kMaxExtraRoots] = {};
@@ -28,7 +75,10 @@ constinit std::atomic<ExtraRootsFn> g_extra_roots[kMaxExtraRoots] = {};
 struct MarkPhase {
   const RootRangeList* roots = nullptr;
   std::atomic<std::size_t> next_root{0};
-  std::atomic<int> idle{0};
+  PhaseState state;
+  // Helpers that joined and have left RunWorker; the collecting thread waits for exactly the
+  // members (Joined - 1) before it reuses the phase.
+  std::atomic<int> exited{0};
   std::atomic<bool> overflow{false};
   std::atomic<std::uint64_t> bytes_marked{0};
   WorkPool pool;
@@ -39,16 +89,15 @@ struct MarkPhase {
 struct WorkerPool {
   std::mutex lock;
   std::condition_variable start;
-  std::condition_variable done;
   std::uint64_t generation = 0;
-  int running = 0;
   int threads = 0;
   MarkPhase* phase = nullptr;
 };
 
 constinit WorkerPool* g_pool = nullptr;
 WorkerPool& Pool() {
-  static WorkerPool* p = g_pool = new WorkerPool();  // NOLINT: lives for the process
+  [[maybe_unused]] static WorkerPool* p = g_pool =
+      new WorkerPool();  // NOLINT: lives for the process
   return *g_pool;
 }
 
@@ -91,20 +140,26 @@ void RunWorker(MarkPhase& ph, int id) {
       }
     }
   }
-  // Go: gcMarkDone's termination: a worker is done when every worker is idle and no full
-  // buffer is left to steal.
+  // Go: gcMarkDone's termination: the phase ends when every worker that joined is idle and
+  // no full buffer is left to steal.
   for (;;) {
-    w.Drain(&ph.idle);
-    ph.idle.fetch_add(1, std::memory_order_seq_cst);
+    w.Drain(ph.state);
+    std::uint64_t st = ph.state.GoIdle();
     bool finished = false;
     for (int spins = 0;; ++spins) {
-      if (ph.pool.HasFull()) {
-        ph.idle.fetch_sub(1, std::memory_order_seq_cst);
-        break;
-      }
-      if (ph.idle.load(std::memory_order_seq_cst) == ph.nworkers) {
+      if (PhaseState::Closed(st)) {
         finished = true;
         break;
+      }
+      if (ph.pool.HasFull()) {
+        ph.state.Resume();
+        break;
+      }
+      st = ph.state.Load();
+      if (PhaseState::Closed(st)) continue;
+      if (PhaseState::Idle(st) == PhaseState::Joined(st)) {
+        if (!ph.state.TryClose(st)) st = ph.state.Load();
+        continue;
       }
       if (spins < 256) {
         __builtin_ia32_pause();
@@ -129,31 +184,37 @@ void WorkerThread(int id) {
       seen = p.generation;
       ph = p.phase;
     }
-    if (id < ph->nworkers) RunWorker(*ph, id);
-    {
-      std::lock_guard lock(p.lock);
-      if (--p.running == 0) p.done.notify_all();
+    if (id < ph->nworkers && ph->state.TryJoin()) {
+      RunWorker(*ph, id);
+      // Release: what this worker marked and disposed is visible to the collecting thread.
+      ph->exited.fetch_add(1, std::memory_order_release);
     }
   }
 }
 
 void RunPhase(MarkPhase& ph) {
   ph.next_root.store(0, std::memory_order_relaxed);
-  ph.idle.store(0, std::memory_order_relaxed);
+  ph.exited.store(0, std::memory_order_relaxed);
   WorkerPool& p = Pool();
   const int helpers = std::min(ph.nworkers - 1, p.threads);
   ph.nworkers = helpers + 1;
+  ph.state.Open();
   if (helpers > 0) {
     std::lock_guard lock(p.lock);
     p.phase = &ph;
-    p.running = p.threads;
     ++p.generation;
     p.start.notify_all();
   }
   RunWorker(ph, 0);
-  if (helpers > 0) {
-    std::unique_lock lock(p.lock);
-    p.done.wait(lock, [&] { return p.running == 0; });
+  // The phase is closed: no helper can join any more. Wait for the ones that did (they are
+  // finishing their last steps, not waiting for work). Acquire pairs with their exit.
+  const int members = PhaseState::Joined(ph.state.Load()) - 1;
+  for (int spins = 0; ph.exited.load(std::memory_order_acquire) != members; ++spins) {
+    if (spins < 256) {
+      __builtin_ia32_pause();
+    } else {
+      std::this_thread::yield();
+    }
   }
 }
 
@@ -198,8 +259,8 @@ void MarkWorker::MarkPointer(std::uintptr_t p) {
   bytes_marked_ += s->elemsize;
   if (s->spanclass.NoScan()) return;
   const std::uintptr_t base = s->ObjBase(i);
-  __builtin_prefetch(reinterpret_cast<const void*>(base));
-  if (!queue_.Push(base)) overflow_.store(true, std::memory_order_relaxed);
+  const std::uintptr_t entry = s->large ? base : base | (s->elemsize << kEntrySizeShift);
+  if (!queue_.Push(entry)) overflow_.store(true, std::memory_order_relaxed);
 }
 
 void MarkWorker::ScanObjectContents(std::uintptr_t base) {
@@ -213,7 +274,12 @@ void MarkWorker::ScanObjectContents(std::uintptr_t base) {
   ScanRange(base, base + s->elemsize);
 }
 
-void MarkWorker::ScanObject(std::uintptr_t obj) {
+void MarkWorker::ScanObject(std::uintptr_t entry) {
+  const std::uintptr_t obj = entry & kEntryAddressMask;
+  if (const std::uintptr_t size = entry >> kEntrySizeShift; size != 0) {
+    ScanRange(obj, obj + size);
+    return;
+  }
   Span* s = g_heap.arenas.SpanOf(obj);
   std::uintptr_t end = obj + s->elemsize;
   if (s->large) {
@@ -223,16 +289,25 @@ void MarkWorker::ScanObject(std::uintptr_t obj) {
   ScanRange(obj, end);
 }
 
-void MarkWorker::Drain(const std::atomic<int>* idle_workers) {
-  std::uintptr_t obj = 0;
+void MarkWorker::Drain(const PhaseState& state) {
+  // A small FIFO between the queue and the scan: an object is prefetched when it enters the
+  // ring and scanned kPrefetchDistance objects later, so the scan finds it in cache. (The
+  // queue itself is LIFO: prefetching at push time would be too late.)
+  std::uintptr_t ring[kPrefetchDistance];
+  unsigned head = 0;
+  unsigned tail = 0;
   int n = 0;
-  while (queue_.Pop(obj)) {
-    ScanObject(obj);
+  for (;;) {
+    std::uintptr_t entry = 0;
+    while (tail - head < kPrefetchDistance && queue_.Pop(entry)) {
+      __builtin_prefetch(reinterpret_cast<const void*>(entry & kEntryAddressMask));
+      ring[tail++ % kPrefetchDistance] = entry;
+    }
+    if (tail == head) break;
+    ScanObject(ring[head++ % kPrefetchDistance]);
     if (++n == kBalanceInterval) {
       n = 0;
-      if (idle_workers->load(std::memory_order_relaxed) > 0 && queue_.LocalCount() > 4) {
-        queue_.Balance();
-      }
+      if (state.AnyIdle() && queue_.LocalCount() > 4) queue_.Balance();
     }
   }
 }

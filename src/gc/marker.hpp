@@ -13,6 +13,7 @@ namespace gofin::internal {
 
 struct Span;
 struct HeapArena;
+class PhaseState;
 
 // One mark worker's view: its queue and counters. The specials layer marks through it.
 class MarkWorker {
@@ -26,13 +27,15 @@ class MarkWorker {
   // Scans an object's words without marking the object itself (Go: markrootSpans does this
   // for objects with finalizers: what they reference lives, they themselves may die).
   void ScanObjectContents(std::uintptr_t base);
-  // Go: gcDrain. Scans grey objects until none are left locally or to steal.
-  void Drain(const std::atomic<int>* idle_workers);
+  // Go: gcDrain. Scans grey objects until none are left locally or to steal; offers work
+  // to the phase's idle workers now and then.
+  void Drain(const PhaseState& state);
 
   [[nodiscard]] std::uint64_t BytesMarked() const { return bytes_marked_; }
 
  private:
-  void ScanObject(std::uintptr_t obj);
+  // entry: a work-queue entry (an address, tagged with the size for small objects).
+  void ScanObject(std::uintptr_t entry);
 
   WorkQueue& queue_;
   std::atomic<bool>& overflow_;

@@ -88,6 +88,16 @@ void RunDestructors(Span* s) {
   }
 }
 
+// Ends a claimed span's sweep. release: FinishSweep (GC() and every cycle's start) waits for
+// sweeps_in_flight to reach zero with an acquire load, and from then on reads the spans other
+// threads swept (freeindex, the swapped bitmaps, FindObject, the next mark) without taking a
+// lock or reading each span's sweepgen. A relaxed decrement would let that load see zero
+// without synchronizing with the sweeper's writes (ThreadSanitizer: the background sweeper's
+// SetFreeIndex and bitmap swap racing a FindObject after GC()). Every release decrement heads
+// a release sequence that the later decrements continue, so the load that sees zero
+// synchronizes with all of them.
+void EndSweep() { g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_release); }
+
 void SweepOneClaimed(Span* s) { SweepSpan(s, /*preserve=*/false); }
 
 void BackgroundSweeper() {
@@ -140,7 +150,7 @@ bool SweepSpan(Span* s, bool preserve) {
     if (s->IsMarked(0)) {
       s->mark_bits[0] = 0;
       s->sweepgen.store(sg, std::memory_order_release);
-      g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_relaxed);
+      EndSweep();
       if (!preserve) FileSweptSpan(s);
       return true;
     }
@@ -149,7 +159,7 @@ bool SweepSpan(Span* s, bool preserve) {
     g_heap.bytes_free_large.fetch_add(s->elemsize, std::memory_order_relaxed);
     s->sweepgen.store(sg, std::memory_order_release);
     FreeSpanToHeap(s);
-    g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_relaxed);
+    EndSweep();
     return false;
   }
 
@@ -169,7 +179,7 @@ bool SweepSpan(Span* s, bool preserve) {
   }
   // release: the swept bitmaps are visible to whoever sees the new sweepgen.
   s->sweepgen.store(sg, std::memory_order_release);
-  g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_relaxed);
+  EndSweep();
   if (preserve) return true;
   if (nalloc == 0) {
     FreeSpanToHeap(s);
@@ -187,6 +197,7 @@ void FinishSweep() {
     if (s == nullptr) break;
     SweepOneClaimed(s);
   }
+  // acquire: pairs with EndSweep's release; every span swept by another thread is visible.
   while (g_heap.sweeps_in_flight.load(std::memory_order_acquire) != 0) sched_yield();
 }
 

@@ -26,7 +26,12 @@ void* Reserve(std::size_t size, std::size_t align, void* hint) {
 }
 
 bool Commit(void* addr, std::size_t size) {
-  return mprotect(addr, size, PROT_READ | PROT_WRITE) == 0;
+  if (mprotect(addr, size, PROT_READ | PROT_WRITE) != 0) return false;
+  // Transparent huge pages for the heap (Go: sysHugePage): the mark phase touches objects
+  // all over the arenas, and 4 KiB pages make most of those touches TLB misses. Advice only:
+  // a kernel without THP ignores it.
+  madvise(addr, size, MADV_HUGEPAGE);
+  return true;
 }
 
 void Release(void* addr, std::size_t size) { madvise(addr, size, MADV_DONTNEED); }
