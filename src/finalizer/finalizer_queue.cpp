@@ -48,8 +48,10 @@ struct FinState {
   FinBlock* finc = nullptr;
   FinBlock* allfin = nullptr;
   FixAlloc<FinBlock> blocks;
-  std::atomic<std::uint32_t> status{0};
-  std::atomic<std::uint64_t> queued{0};
+  // The sweeper writes queued, the finalizer thread executed and status: apart, so that
+  // neither write takes the other's cache line.
+  alignas(64) std::atomic<std::uint64_t> queued{0};
+  alignas(64) std::atomic<std::uint32_t> status{0};
   std::atomic<std::uint64_t> executed{0};
   bool running = false;  // under lock: a batch is being run
 };
@@ -141,32 +143,45 @@ void RunFinalizers() {
 
 }  // namespace
 
-void QueueFinalizer(void* obj, FinalizerInvoke invoke, void* ctx) {
+FinalizerQueueBatch::FinalizerQueueBatch() { State().lock.lock(); }
+
+void FinalizerQueueBatch::Add(void* obj, FinalizerInvoke invoke, void* ctx) {
   FinState& st = State();
-  {
-    std::lock_guard lock(st.lock);
-    if (st.finq == nullptr || st.finq->cnt.load(std::memory_order_relaxed) == FinBlock::kRecords) {
-      FinBlock* b = st.finc;
-      if (b != nullptr) {
-        st.finc = b->next;
-      } else {
-        b = st.blocks.Alloc();
-        b->alllink = st.allfin;
-        st.allfin = b;
-      }
-      b->next = st.finq;
-      st.finq = b;
+  if (st.finq == nullptr || st.finq->cnt.load(std::memory_order_relaxed) == FinBlock::kRecords) {
+    FinBlock* b = st.finc;
+    if (b != nullptr) {
+      st.finc = b->next;
+    } else {
+      b = st.blocks.Alloc();
+      b->alllink = st.allfin;
+      st.allfin = b;
     }
-    FinBlock* b = st.finq;
-    const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
-    b->fin[n] = QueuedFinalizer{obj, invoke, ctx};
-    // Counted before the finalizer thread can see the record, so Executed never passes it.
-    st.queued.fetch_add(1, std::memory_order_relaxed);
-    b->cnt.store(n + 1, std::memory_order_relaxed);
+    b->next = st.finq;
+    st.finq = b;
+  }
+  FinBlock* b = st.finq;
+  const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
+  b->fin[n] = QueuedFinalizer{obj, invoke, ctx};
+  b->cnt.store(n + 1, std::memory_order_relaxed);
+  ++added_;
+}
+
+FinalizerQueueBatch::~FinalizerQueueBatch() {
+  FinState& st = State();
+  if (added_ != 0) {
+    // Counted before the finalizer thread can see the records (it takes the lock first), so
+    // Executed never passes Queued.
+    st.queued.fetch_add(added_, std::memory_order_relaxed);
     st.status.fetch_or(kFingWake, std::memory_order_relaxed);
   }
+  st.lock.unlock();
   // Go: wakefing.
-  st.wake.notify_one();
+  if (added_ != 0) st.wake.notify_one();
+}
+
+void QueueFinalizer(void* obj, FinalizerInvoke invoke, void* ctx) {
+  FinalizerQueueBatch batch;
+  batch.Add(obj, invoke, ctx);
 }
 
 void CreateFinalizerThread() {

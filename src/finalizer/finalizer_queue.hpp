@@ -11,7 +11,21 @@ namespace gofin::internal {
 // Runs a finalizer: invoke(ctx, obj) (include/gofin/finalizer.hpp builds both).
 using FinalizerInvoke = void (*)(void* ctx, void* obj);
 
-// Go: queuefinalizer. Called by the sweeper; never allocates from the GC heap.
+// Go: queuefinalizer, for several records: holds the queue's lock from construction to
+// destruction, which wakes the finalizer thread once. Called by the sweeper; never allocates
+// from the GC heap (and never runs user code while it holds the lock).
+class FinalizerQueueBatch {
+ public:
+  FinalizerQueueBatch();
+  ~FinalizerQueueBatch();
+  FinalizerQueueBatch(const FinalizerQueueBatch&) = delete;
+  FinalizerQueueBatch& operator=(const FinalizerQueueBatch&) = delete;
+  void Add(void* obj, FinalizerInvoke invoke, void* ctx);
+
+ private:
+  std::uint64_t added_ = 0;
+};
+// One record.
 void QueueFinalizer(void* obj, FinalizerInvoke invoke, void* ctx);
 // Go: createfing. Starts the finalizer thread once.
 void CreateFinalizerThread();

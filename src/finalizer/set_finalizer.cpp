@@ -17,8 +17,9 @@ namespace gofin::internal {
 
 namespace {
 
-void DefaultFinalizerErrorHandler(std::exception_ptr e) {  // NOLINT(performance-unnecessary-value-param):
-                                                           // the handler type takes it by value
+void DefaultFinalizerErrorHandler(
+    std::exception_ptr e) {  // NOLINT(performance-unnecessary-value-param):
+                             // the handler type takes it by value
   try {
     std::rethrow_exception(e);
   } catch (const std::exception& ex) {
@@ -62,23 +63,36 @@ void MarkFinalizerSpecial(Special* s, std::uintptr_t object_base, MarkWorker& w)
   w.MarkPointer(reinterpret_cast<std::uintptr_t>(static_cast<SpecialFinalizer*>(s)->ctx));
 }
 
-void FinalizerObjectDead(Special* s, void* p, std::size_t /*size*/) {
-  auto* f = static_cast<SpecialFinalizer*>(s);
-  QueueFinalizer(p, f->invoke, f->ctx);
+// Go: queuefinalizer, for every finalizer a span's sweep found ready: one lock, one wake-up.
+void FinalizersReady(Special* list, std::uintptr_t span_start, std::size_t /*size*/) {
+  FinalizerQueueBatch batch;
+  for (Special* s = list; s != nullptr; s = s->batch_next) {
+    auto* f = static_cast<SpecialFinalizer*>(s);
+    batch.Add(reinterpret_cast<void*>(span_start + s->offset), f->invoke, f->ctx);
+  }
 }
 
-void InitFinalizers() {
+constinit std::atomic<bool> g_finalizers_ready{false};
+
+void InitFinalizersOnce() {
   static std::once_flag once;
   std::call_once(once, [] {
     SpecialKindOps ops;
     ops.mark = &MarkFinalizerSpecial;
-    ops.object_dead = &FinalizerObjectDead;
+    ops.objects_dead = &FinalizersReady;
     ops.resurrects = true;
     RegisterSpecialKind(SpecialKind::kFinalizer, ops);
     AddExtraRootsHook(&MarkFinalizerQueueRoots);
     InitSpecials();
     CreateFinalizerThread();
   });
+  g_finalizers_ready.store(true, std::memory_order_release);
+}
+
+// call_once costs a pthread_once per SetFinalizer; after the first, one acquire load.
+void InitFinalizers() {
+  if (!g_finalizers_ready.load(std::memory_order_acquire)) [[unlikely]]
+    InitFinalizersOnce();
 }
 
 }  // namespace
@@ -105,13 +119,19 @@ FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok) {
 void AddFinalizer(const void* obj, FinalizerInvoke invoke, void* ctx) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
   InitFinalizers();
-  if (ObjectIsFree(obj)) throw Error("runtime.SetFinalizer: pointer not in allocated block");
   auto* s = static_cast<SpecialFinalizer*>(NewSpecial(SpecialKind::kFinalizer));
   s->invoke = invoke;
   s->ctx = ctx;
-  if (!AddSpecial(obj, s)) {
-    FreeSpecialRecord(s);
-    throw Error("runtime.SetFinalizer: finalizer already set");
+  // Go checks the block first; one lookup here answers both questions.
+  switch (AddSpecialToAllocated(obj, s)) {
+    case AddResult::kAdded:
+      break;
+    case AddResult::kObjectFree:
+      FreeSpecialRecord(s);
+      throw Error("runtime.SetFinalizer: pointer not in allocated block");
+    case AddResult::kAlreadySet:
+      FreeSpecialRecord(s);
+      throw Error("runtime.SetFinalizer: finalizer already set");
   }
   KeepAlive(ctx);
 }

@@ -20,6 +20,8 @@ namespace {
 constinit ThreadRecord* g_threads = nullptr;
 constinit FixAlloc<ThreadRecord> g_record_alloc{};
 constinit std::atomic<std::size_t> g_thread_count{0};
+constexpr std::size_t kMaxExitHooks = 4;
+constinit std::atomic<void (*)()> g_exit_hooks[kMaxExitHooks] = {};
 
 // Unregisters the thread when it exits (thread_local destructors run on every normal exit).
 struct ExitGuard {
@@ -91,9 +93,19 @@ bool RegisterThread() {
   return true;
 }
 
+void AddThreadExitHook(void (*fn)()) {
+  for (auto& hook : g_exit_hooks) {
+    void (*expected)() = nullptr;
+    if (hook.compare_exchange_strong(expected, fn, std::memory_order_acq_rel)) return;
+  }
+}
+
 void UnregisterThread() {
   auto* r = static_cast<ThreadRecord*>(t_local.record);
   if (r == nullptr) return;
+  for (auto& hook : g_exit_hooks) {
+    if (void (*fn)() = hook.load(std::memory_order_acquire)) fn();
+  }
   // The cache goes first, while the thread is still registered: its spans return to the
   // central lists (the guard inside keeps a collection from catching it half-way).
   if (t_local.cache != nullptr) {

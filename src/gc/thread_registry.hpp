@@ -41,6 +41,9 @@ ThreadRecord* CurrentThreadRecord();
 // Registers the calling thread if it is not yet; true if this call registered it.
 bool RegisterThread();
 void UnregisterThread();
+// Layers above keep per-thread state (the specials' record cache); fn runs on a registered
+// thread as it unregisters, before its allocation cache goes. At most a few hooks.
+void AddThreadExitHook(void (*fn)());
 std::size_t RegisteredThreadCount();  // approximate, for statistics
 // After fork(), in the child: only the forking thread exists.
 void ResetRegistryAfterFork();

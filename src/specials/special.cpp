@@ -6,9 +6,11 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <type_traits>
 
 #include "gc/marker.hpp"
 #include "gc/sweeper.hpp"
+#include "gc/thread_registry.hpp"
 #include "heap/central.hpp"
 #include "heap/fixalloc.hpp"
 #include "heap/heap.hpp"
@@ -25,6 +27,126 @@ constinit FixAlloc<SpecialCleanup> g_cleanup_alloc{};
 constinit FixAlloc<SpecialWeakHandle> g_weak_alloc{};
 constinit FixAlloc<SpecialProfile> g_profile_alloc{};
 constinit SpecialKindOps g_ops[kNumSpecialKinds] = {};
+
+// Storage for records of `kind`, default-constructed, from the kind's fixalloc (lock held).
+Special* AllocRecordLocked(SpecialKind kind) {
+  switch (kind) {
+    case SpecialKind::kFinalizer:
+      return g_finalizer_alloc.Alloc();
+    case SpecialKind::kCleanup:
+      return g_cleanup_alloc.Alloc();
+    case SpecialKind::kWeakHandle:
+      return g_weak_alloc.Alloc();
+    case SpecialKind::kProfile:
+      return g_profile_alloc.Alloc();
+  }
+  throw std::bad_alloc();  // not a kind: unreachable
+}
+
+void FreeRecordLocked(Special* s) {
+  switch (s->kind) {
+    case SpecialKind::kFinalizer:
+      g_finalizer_alloc.Free(static_cast<SpecialFinalizer*>(s));
+      break;
+    case SpecialKind::kCleanup:
+      g_cleanup_alloc.Free(static_cast<SpecialCleanup*>(s));
+      break;
+    case SpecialKind::kWeakHandle:
+      g_weak_alloc.Free(static_cast<SpecialWeakHandle*>(s));
+      break;
+    case SpecialKind::kProfile:
+      g_profile_alloc.Free(static_cast<SpecialProfile*>(s));
+      break;
+  }
+}
+
+// Default-constructs a record of `kind` in storage taken from a free list.
+Special* ConstructRecord(Special* storage, SpecialKind kind) {
+  Special* s = nullptr;
+  switch (kind) {
+    case SpecialKind::kFinalizer:
+      s = std::construct_at(static_cast<SpecialFinalizer*>(storage));
+      break;
+    case SpecialKind::kCleanup:
+      s = std::construct_at(static_cast<SpecialCleanup*>(storage));
+      break;
+    case SpecialKind::kWeakHandle:
+      s = std::construct_at(static_cast<SpecialWeakHandle*>(storage));
+      break;
+    case SpecialKind::kProfile:
+      s = std::construct_at(static_cast<SpecialProfile*>(storage));
+      break;
+  }
+  s->kind = kind;
+  return s;
+}
+
+// Go takes mheap_.speciallock for every record. gofin gives each thread a few free records
+// of each kind, refilled and returned in batches under the lock (as mcache does for
+// objects), so that threads setting and removing finalizers do not all queue on one lock.
+// The background sweeper frees most dead records; its cache hands them back in batches.
+// Trivially destructible on purpose: a thread_local destructor is registered with a malloc
+// that may fail when memory is short; a registered thread's cache is flushed by the thread
+// registry's exit hook instead, and an unregistered thread bypasses the cache.
+class RecordCache {
+ public:
+  // Whether the calling thread may use its cache: only if something flushes it at exit.
+  static bool Usable() { return t_local.record != nullptr || t_local.gc_internal; }
+
+  Special* Take(SpecialKind kind) {
+    FreeList& l = lists_[static_cast<std::size_t>(kind)];
+    if (l.head == nullptr) {
+      std::lock_guard lock(g_special_lock);
+      for (std::uint32_t i = 0; i < kBatch; ++i) {
+        Special* r = AllocRecordLocked(kind);  // may throw bad_alloc: what was taken stays
+        r->next = l.head;
+        l.head = r;
+        ++l.n;
+      }
+    }
+    Special* r = l.head;
+    l.head = r->next;
+    --l.n;
+    return ConstructRecord(r, kind);
+  }
+
+  void Give(Special* s) {
+    FreeList& l = lists_[static_cast<std::size_t>(s->kind)];
+    s->next = l.head;
+    l.head = s;
+    if (++l.n > kMax) Flush(l, kBatch);
+  }
+
+  void FlushAll() {
+    for (auto& l : lists_) Flush(l, l.n);
+  }
+
+ private:
+  static constexpr std::uint32_t kBatch = 32;
+  static constexpr std::uint32_t kMax = 2 * kBatch;
+  struct FreeList {
+    Special* head = nullptr;
+    std::uint32_t n = 0;
+  };
+
+  static void Flush(FreeList& l, std::uint32_t count) {
+    if (count == 0) return;
+    std::lock_guard lock(g_special_lock);
+    for (std::uint32_t i = 0; i < count && l.head != nullptr; ++i) {
+      Special* r = l.head;
+      l.head = r->next;
+      --l.n;
+      FreeRecordLocked(r);
+    }
+  }
+
+  FreeList lists_[kNumSpecialKinds];
+};
+static_assert(std::is_trivially_destructible_v<RecordCache>);
+
+constinit thread_local RecordCache t_record_cache __attribute__((tls_model("initial-exec")));
+
+void FlushRecordCache() { t_record_cache.FlushAll(); }
 
 // Go: spanHasSpecials / spanHasNoSpecials. Relaxed: the bit is only read with the world
 // stopped, after the stop's handshake.
@@ -114,11 +236,28 @@ void SweepSpecials(Span* s) {
     }
     if (s->special_count == 0) SetSpanHasSpecials(s, false);
   }
+  // Kinds that take their dead records as one batch (one lock, one wake-up per span for
+  // finalizers) get them first, as lists; then every record is handed over one by one where
+  // the kind wants that, and freed.
+  Special* batch[kNumSpecialKinds] = {};
+  Special** batch_tail[kNumSpecialKinds];
+  for (std::size_t k = 0; k < kNumSpecialKinds; ++k) batch_tail[k] = &batch[k];
+  for (Special* sp = dead; sp != nullptr; sp = sp->next) {
+    const auto k = static_cast<std::size_t>(sp->kind);
+    if (g_ops[k].objects_dead == nullptr) continue;
+    *batch_tail[k] = sp;
+    batch_tail[k] = &sp->batch_next;
+  }
+  for (std::size_t k = 0; k < kNumSpecialKinds; ++k) {
+    if (batch[k] == nullptr) continue;
+    *batch_tail[k] = nullptr;
+    g_ops[k].objects_dead(batch[k], s->start, s->elemsize);
+  }
   while (dead != nullptr) {
     Special* sp = dead;
     dead = sp->next;
     const SpecialKindOps& ops = g_ops[static_cast<std::size_t>(sp->kind)];
-    if (ops.object_dead != nullptr) {
+    if (ops.objects_dead == nullptr && ops.object_dead != nullptr) {
       ops.object_dead(sp, reinterpret_cast<void*>(s->start + sp->offset), s->elemsize);
     }
     FreeSpecialRecord(sp);
@@ -149,6 +288,13 @@ Span* SweptSpanNoPreempt(std::uintptr_t addr) {
   }
 }
 
+// ObjectIsFree's test, for a span held swept by the caller.
+bool SlotIsFree(Span* span, std::size_t i) {
+  // A destructor run by this thread's sweep of the span, touching a dead neighbour.
+  if (span == t_local.sweeping_span) return !span->IsMarked(i);
+  return !span->IsAllocatedFromAnyThread(i);
+}
+
 // Holds SweptSpanNoPreempt's critical region for a scope.
 class SweptSpanScope {
  public:
@@ -172,49 +318,27 @@ void RegisterSpecialKind(SpecialKind kind, const SpecialKindOps& ops) {
 }
 
 Special* NewSpecial(SpecialKind kind) {
+  if (RecordCache::Usable()) return t_record_cache.Take(kind);
   std::lock_guard lock(g_special_lock);
-  Special* s = nullptr;
-  switch (kind) {
-    case SpecialKind::kFinalizer:
-      s = g_finalizer_alloc.Alloc();
-      break;
-    case SpecialKind::kCleanup:
-      s = g_cleanup_alloc.Alloc();
-      break;
-    case SpecialKind::kWeakHandle:
-      s = g_weak_alloc.Alloc();
-      break;
-    case SpecialKind::kProfile:
-      s = g_profile_alloc.Alloc();
-      break;
-  }
+  Special* s = AllocRecordLocked(kind);
   s->kind = kind;
   return s;
 }
 
 void FreeSpecialRecord(Special* s) {
-  std::lock_guard lock(g_special_lock);
-  switch (s->kind) {
-    case SpecialKind::kFinalizer:
-      g_finalizer_alloc.Free(static_cast<SpecialFinalizer*>(s));
-      break;
-    case SpecialKind::kCleanup:
-      g_cleanup_alloc.Free(static_cast<SpecialCleanup*>(s));
-      break;
-    case SpecialKind::kWeakHandle:
-      g_weak_alloc.Free(static_cast<SpecialWeakHandle*>(s));
-      break;
-    case SpecialKind::kProfile:
-      g_profile_alloc.Free(static_cast<SpecialProfile*>(s));
-      break;
+  if (RecordCache::Usable()) {
+    t_record_cache.Give(s);
+    return;
   }
+  std::lock_guard lock(g_special_lock);
+  FreeRecordLocked(s);
 }
 
-bool AddSpecial(const void* p, Special* s) {
+AddResult AddSpecialToAllocated(const void* p, Special* s) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   const SweptSpanScope scope(addr);
   Span* span = scope.get();
-  if (span == nullptr) return false;
+  if (span == nullptr || SlotIsFree(span, span->ObjIndex(addr))) return AddResult::kObjectFree;
   s->offset = static_cast<std::uint32_t>(addr - span->start);
   bool added = false;
   {
@@ -232,7 +356,7 @@ bool AddSpecial(const void* p, Special* s) {
       added = true;
     }
   }
-  return added;
+  return added ? AddResult::kAdded : AddResult::kAlreadySet;
 }
 
 Special* RemoveSpecial(const void* p, SpecialKind kind) {
@@ -261,15 +385,15 @@ Special* RemoveSpecial(const void* p, SpecialKind kind) {
   return found;
 }
 
+bool AddSpecial(const void* p, Special* s) {
+  return AddSpecialToAllocated(p, s) == AddResult::kAdded;
+}
+
 bool ObjectIsFree(const void* p) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   const SweptSpanScope scope(addr);
   Span* span = scope.get();
-  if (span == nullptr) return true;
-  const std::size_t i = span->ObjIndex(addr);
-  // A destructor run by this thread's sweep of the span, touching a dead neighbour.
-  if (span == t_local.sweeping_span) return !span->IsMarked(i);
-  return !span->IsAllocatedFromAnyThread(i);
+  return span == nullptr || SlotIsFree(span, span->ObjIndex(addr));
 }
 
 bool HasSpecial(const void* p, SpecialKind kind) {
@@ -296,6 +420,7 @@ void InitSpecials() {
     // After fork(), in the child: the lock may be held by a thread that no longer exists.
     pthread_atfork(nullptr, nullptr, [] { std::construct_at(&g_special_lock); });
     AddExtraRootsHook(&MarkSpecials);
+    AddThreadExitHook(&FlushRecordCache);
     SetSweepSpecialsHook(&SweepSpecials);
   });
 }

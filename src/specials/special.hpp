@@ -24,6 +24,8 @@ inline constexpr std::size_t kNumSpecialKinds = 5;
 // Go: special
 struct Special {
   Special* next = nullptr;
+  // The sweeper's list of one kind's dead records for SpecialKindOps::objects_dead.
+  Special* batch_next = nullptr;
   std::uint32_t offset = 0;  // from the span's start: a tiny block holds several
   SpecialKind kind{};
 };
@@ -59,17 +61,24 @@ struct SpecialKindOps {
   // Go: freeSpecial. The sweeper found the object dead: take over or drop the record's
   // payload. `p` is the exact address the record was set for. The record is freed after.
   void (*object_dead)(Special* s, void* p, std::size_t object_size) = nullptr;
+  // The same for all of one span's dead records of the kind at once (linked by batch_next;
+  // each record's object is at span_start + offset), instead of object_dead.
+  void (*objects_dead)(Special* list, std::uintptr_t span_start, std::size_t object_size) = nullptr;
   // True if a record of this kind keeps its object alive for one more cycle (finalizers).
   bool resurrects = false;
 };
 void RegisterSpecialKind(SpecialKind kind, const SpecialKindOps& ops);
 
-// Records, from per-kind fixalloc under the specials lock.
+// Records, from per-kind fixalloc under the specials lock, through a per-thread cache.
 Special* NewSpecial(SpecialKind kind);
 void FreeSpecialRecord(Special* s);
 
-// Go: addspecial. Attaches s to the object containing p (a heap address). False if the
-// object already has a record of that kind at that exact address.
+// Go: addspecial. Attaches s to the object containing p (a heap address), unless the
+// object's slot is free (see ObjectIsFree) or it already has a record of that kind at that
+// exact address.
+enum class AddResult : std::uint8_t { kAdded, kAlreadySet, kObjectFree };
+AddResult AddSpecialToAllocated(const void* p, Special* s);
+// AddSpecialToAllocated(p, s) == kAdded.
 bool AddSpecial(const void* p, Special* s);
 // Go: removespecial. Unlinks and returns the record of `kind` at exactly p, or nullptr.
 Special* RemoveSpecial(const void* p, SpecialKind kind);
