@@ -51,7 +51,10 @@ struct FinState {
   // The sweeper writes queued, the finalizer thread executed and status: apart, so that
   // neither write takes the other's cache line.
   alignas(64) std::atomic<std::uint64_t> queued{0};
-  alignas(64) std::atomic<std::uint32_t> status{0};
+  alignas(64) std::atomic<std::uint32_t> status{0};  // all bits but kFingRunningFinalizer
+  // Written by the finalizer thread only: plain relaxed stores instead of read-modify-writes
+  // on every finalizer (FinalizerThreadStatus merges the flag into the status bits).
+  std::atomic<bool> running_finalizer{false};
   std::atomic<std::uint64_t> executed{0};
   bool running = false;  // under lock: a batch is being run
 };
@@ -89,14 +92,14 @@ void AfterForkInChild() {
   // frame roots it until the call returns.
   batch->fin[i - 1] = QueuedFinalizer{nullptr, nullptr, nullptr};
   batch->cnt.store(i - 1, std::memory_order_relaxed);
-  st.status.fetch_or(kFingRunningFinalizer, std::memory_order_relaxed);
+  st.running_finalizer.store(true, std::memory_order_relaxed);
   try {
     f.invoke(f.ctx, f.obj);
   } catch (...) {
     detail::ReportFinalizerException(std::current_exception());
   }
-  st.status.fetch_and(~kFingRunningFinalizer, std::memory_order_relaxed);
-  st.executed.fetch_add(1, std::memory_order_relaxed);
+  st.running_finalizer.store(false, std::memory_order_relaxed);
+  st.executed.store(st.executed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   KeepAlive(f);
 }
 
@@ -205,7 +208,11 @@ bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout) {
   return st.idle.wait_for(lock, timeout, [&] { return st.finq == nullptr && !st.running; });
 }
 
-std::uint32_t FinalizerThreadStatus() { return State().status.load(std::memory_order_relaxed); }
+std::uint32_t FinalizerThreadStatus() {
+  const FinState& st = State();
+  return st.status.load(std::memory_order_relaxed) |
+         (st.running_finalizer.load(std::memory_order_relaxed) ? kFingRunningFinalizer : 0U);
+}
 
 FinalizerCounters ReadFinalizerCounters() {
   // Executed first: a record counted as executed was counted as queued earlier.

@@ -271,7 +271,11 @@ void MarkWorker::ScanObjectContents(std::uintptr_t base) {
     if (!queue_.Push(base)) overflow_.store(true, std::memory_order_relaxed);
     return;
   }
-  ScanRange(base, base + s->elemsize);
+  // Queued, not scanned here, so that the other workers can share the contents of a million
+  // finalizer-bearing objects (a queue entry is scanned whether or not it is marked). An
+  // overflow's rescan visits only marked objects: when the queue is full, scan inline.
+  const std::uintptr_t entry = s->large ? base : base | (s->elemsize << kEntrySizeShift);
+  if (!queue_.Push(entry)) ScanRange(base, base + s->elemsize);
 }
 
 void MarkWorker::ScanObject(std::uintptr_t entry) {
