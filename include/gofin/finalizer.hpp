@@ -96,9 +96,13 @@ void SetFinalizer(T* obj, F&& finalizer) {
     return;  // Go: a global never becomes unreachable; setting is a no-op
   }
   if constexpr (std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>) {
-    if (finalizer == nullptr) {  // a nil func value: Go's SetFinalizer(obj, nil) removes
-      detail::RemoveFinalizer(obj);
-      return;
+    if constexpr (std::is_pointer_v<std::remove_cvref_t<F>>) {
+      // A function pointer may be nil (Go's SetFinalizer(obj, nil) removes); a function
+      // named directly never is.
+      if (finalizer == nullptr) {
+        detail::RemoveFinalizer(obj);
+        return;
+      }
     }
     detail::AddFinalizer(obj, &detail::InvokeFunction<T, Fn>,
                          reinterpret_cast<void*>(finalizer));  // NOLINT

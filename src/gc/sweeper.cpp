@@ -25,7 +25,7 @@ struct Background {
 };
 constinit Background* g_bg = nullptr;
 Background& Bg() {
-  static Background* b = g_bg = new Background();  // NOLINT: lives for the process
+  [[maybe_unused]] static Background* b = g_bg = new Background();  // NOLINT: lives for the process
   return *g_bg;
 }
 

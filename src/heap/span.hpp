@@ -147,12 +147,14 @@ struct Span {
            1U;
   }
   // Sets the mark bit; true if this call set it. Relaxed: the world is stopped, and the mark
-  // termination handshake orders the bits before sweep reads them.
+  // termination handshake orders the bits before sweep reads them. The bitmap is 8-byte
+  // aligned and updated a 64-bit word at a time, so that x86 sets the bit with one `lock bts`
+  // instead of a compare-and-swap loop on a byte.
   bool TryMark(std::size_t i) {
-    std::atomic_ref<std::uint8_t> byte(mark_bits[i / 8]);
-    const auto bit = static_cast<std::uint8_t>(1U << (i % 8));
-    if ((byte.load(std::memory_order_relaxed) & bit) != 0) return false;
-    return (byte.fetch_or(bit, std::memory_order_relaxed) & bit) == 0;
+    using Word [[gnu::may_alias]] = std::uint64_t;
+    auto* word = reinterpret_cast<Word*>(mark_bits) + i / 64;
+    const std::uint64_t bit = std::uint64_t{1} << (i % 64);
+    return (__atomic_fetch_or(word, bit, __ATOMIC_RELAXED) & bit) == 0;
   }
   void SetMarkNonAtomic(std::size_t i) {
     mark_bits[i / 8] |= static_cast<std::uint8_t>(1U << (i % 8));
