@@ -264,7 +264,7 @@ void MarkWorker::MarkPointer(std::uintptr_t p) {
 }
 
 void MarkWorker::ScanObjectContents(std::uintptr_t base) {
-  Span* s = g_heap.arenas.SpanOfHeap(base);
+  const Span* s = hint_ != nullptr && hint_->Contains(base) ? hint_ : g_heap.arenas.SpanOfHeap(base);
   if (s == nullptr || s->spanclass.NoScan()) return;
   if (s->large && s->elemsize > kObletBytes) {
     // Queue the oblets instead of scanning a huge object inline.

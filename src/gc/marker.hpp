@@ -27,6 +27,9 @@ class MarkWorker {
   // Scans an object's words without marking the object itself (Go: markrootSpans does this
   // for objects with finalizers: what they reference lives, they themselves may die).
   void ScanObjectContents(std::uintptr_t base);
+  // The span whose objects the caller is about to pass to ScanObjectContents (markrootSpans
+  // walks one span at a time): saves a span lookup per object. nullptr clears it.
+  void SetSpanHint(const Span* s) { hint_ = s; }
   // Go: gcDrain. Scans grey objects until none are left locally or to steal; offers work
   // to the phase's idle workers now and then.
   void Drain(const PhaseState& state);
@@ -40,6 +43,7 @@ class MarkWorker {
   WorkQueue& queue_;
   std::atomic<bool>& overflow_;
   std::uint64_t bytes_marked_ = 0;
+  const Span* hint_ = nullptr;
   // The arena index as of this phase: no arena is added while the world is stopped.
   const std::atomic<HeapArena*>* arenas_ = nullptr;
   std::uintptr_t arena_lo_ = 0;

@@ -189,6 +189,7 @@ void MarkSpecials(MarkWorker& w) {
         bits = static_cast<std::uint8_t>(bits & (bits - 1));
         Span* s = a->SpanAt(byte * 8 + static_cast<std::size_t>(b));
         if (s == nullptr || s->state != SpanState::kInUse || s->special_count == 0) continue;
+        w.SetSpanHint(s);
         for (std::size_t i = 0; i < s->nelems; ++i) {
           for (Special* sp = s->special_heads[i]; sp != nullptr; sp = sp->next) {
             const SpecialKindOps& ops = g_ops[static_cast<std::size_t>(sp->kind)];
@@ -198,6 +199,7 @@ void MarkSpecials(MarkWorker& w) {
       }
     }
   }
+  w.SetSpanHint(nullptr);
 }
 
 // Go: the specials part of mspan.sweep, with its two passes per dead object.
