@@ -27,6 +27,9 @@ constinit FixAlloc<SpecialCleanup> g_cleanup_alloc{};
 constinit FixAlloc<SpecialWeakHandle> g_weak_alloc{};
 constinit FixAlloc<SpecialProfile> g_profile_alloc{};
 constinit SpecialKindOps g_ops[kNumSpecialKinds] = {};
+// Free records of each kind in chains of RecordCache::kBatch (linked through next; chains
+// linked through their first record's batch_next), passed whole between thread caches.
+constinit Special* g_chains[kNumSpecialKinds] = {};
 
 // Storage for records of `kind`, default-constructed, from the kind's fixalloc (lock held).
 Special* AllocRecordLocked(SpecialKind kind) {
@@ -95,15 +98,7 @@ class RecordCache {
 
   Special* Take(SpecialKind kind) {
     FreeList& l = lists_[static_cast<std::size_t>(kind)];
-    if (l.head == nullptr) {
-      std::lock_guard lock(g_special_lock);
-      for (std::uint32_t i = 0; i < kBatch; ++i) {
-        Special* r = AllocRecordLocked(kind);  // may throw bad_alloc: what was taken stays
-        r->next = l.head;
-        l.head = r;
-        ++l.n;
-      }
-    }
+    if (l.head == nullptr) Refill(l, kind);
     Special* r = l.head;
     l.head = r->next;
     --l.n;
@@ -114,11 +109,22 @@ class RecordCache {
     FreeList& l = lists_[static_cast<std::size_t>(s->kind)];
     s->next = l.head;
     l.head = s;
-    if (++l.n > kMax) Flush(l, kBatch);
+    if (++l.n > kMax) FlushChain(l, s->kind);
   }
 
   void FlushAll() {
-    for (auto& l : lists_) Flush(l, l.n);
+    for (std::size_t k = 0; k < kNumSpecialKinds; ++k) {
+      FreeList& l = lists_[k];
+      while (l.n >= kBatch) FlushChain(l, static_cast<SpecialKind>(k));
+      if (l.head == nullptr) continue;
+      std::lock_guard lock(g_special_lock);
+      while (l.head != nullptr) {
+        Special* r = l.head;
+        l.head = r->next;
+        FreeRecordLocked(r);
+      }
+      l.n = 0;
+    }
   }
 
  private:
@@ -129,14 +135,37 @@ class RecordCache {
     std::uint32_t n = 0;
   };
 
-  static void Flush(FreeList& l, std::uint32_t count) {
-    if (count == 0) return;
+  // Hands kBatch records to the shared stack of chains: the list is cut off this thread's
+  // (cached) records, and only the push happens under the lock.
+  static void FlushChain(FreeList& l, SpecialKind kind) {
+    Special* chain = l.head;
+    Special* last = chain;
+    for (std::uint32_t i = 1; i < kBatch; ++i) last = last->next;
+    l.head = last->next;
+    last->next = nullptr;
+    l.n -= kBatch;
     std::lock_guard lock(g_special_lock);
-    for (std::uint32_t i = 0; i < count && l.head != nullptr; ++i) {
-      Special* r = l.head;
-      l.head = r->next;
-      --l.n;
-      FreeRecordLocked(r);
+    chain->batch_next = g_chains[static_cast<std::size_t>(kind)];
+    g_chains[static_cast<std::size_t>(kind)] = chain;
+  }
+
+  // Takes a whole chain in O(1) under the lock (walking a free list there would take a cache
+  // miss per record, on records last written by the thread that freed them); only when none
+  // is left, kBatch fresh records from the kind's fixalloc.
+  static void Refill(FreeList& l, SpecialKind kind) {
+    std::lock_guard lock(g_special_lock);
+    Special*& chains = g_chains[static_cast<std::size_t>(kind)];
+    if (chains != nullptr) {
+      l.head = chains;
+      chains = chains->batch_next;
+      l.n = kBatch;
+      return;
+    }
+    for (std::uint32_t i = 0; i < kBatch; ++i) {
+      Special* r = AllocRecordLocked(kind);  // may throw bad_alloc: what was taken stays
+      r->next = l.head;
+      l.head = r;
+      ++l.n;
     }
   }
 
