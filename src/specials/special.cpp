@@ -102,6 +102,9 @@ class RecordCache {
     Special* r = l.head;
     l.head = r->next;
     --l.n;
+    // Records come back from the thread that freed them (mostly the background sweeper, on
+    // another core): fetch the next one for writing while this one is used.
+    if (l.head != nullptr) __builtin_prefetch(l.head, 1);
     return ConstructRecord(r, kind);
   }
 
@@ -204,6 +207,15 @@ Special** HeadsFor(Span* s) {
   return s->special_heads;
 }
 
+// The per-object walks of mark and sweep touch the records in object order, and records sit
+// wherever their fixalloc put them: fetch a few objects ahead.
+inline void PrefetchRecordAhead(const Span* s, std::size_t i) {
+  constexpr std::size_t kAhead = 8;
+  if (i + kAhead < s->nelems) {
+    if (const Special* x = s->special_heads[i + kAhead]) __builtin_prefetch(x, 1);
+  }
+}
+
 // Go: markrootSpans. Visits only spans whose first page is flagged in their arena.
 void MarkSpecials(MarkWorker& w) {
   const std::uintptr_t lo = g_heap.arenas.LoIndex();
@@ -220,6 +232,7 @@ void MarkSpecials(MarkWorker& w) {
         if (s == nullptr || s->state != SpanState::kInUse || s->special_count == 0) continue;
         w.SetSpanHint(s);
         for (std::size_t i = 0; i < s->nelems; ++i) {
+          PrefetchRecordAhead(s, i);
           for (Special* sp = s->special_heads[i]; sp != nullptr; sp = sp->next) {
             const SpecialKindOps& ops = g_ops[static_cast<std::size_t>(sp->kind)];
             if (ops.mark != nullptr) ops.mark(sp, s->ObjBase(i), w);
@@ -238,6 +251,7 @@ void SweepSpecials(Span* s) {
   {
     std::lock_guard lock(s->specials_lock);
     for (std::size_t i = 0; i < s->nelems && s->special_count != 0; ++i) {
+      PrefetchRecordAhead(s, i);
       Special** link = &s->special_heads[i];
       if (*link == nullptr || s->IsMarked(i)) continue;
       // Pass 1: does the object have a finalizer (at any offset: a tiny block holds several
