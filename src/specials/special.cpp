@@ -27,9 +27,14 @@ constinit FixAlloc<SpecialCleanup> g_cleanup_alloc{};
 constinit FixAlloc<SpecialWeakHandle> g_weak_alloc{};
 constinit FixAlloc<SpecialProfile> g_profile_alloc{};
 constinit SpecialKindOps g_ops[kNumSpecialKinds] = {};
-// Free records of each kind in chains of RecordCache::kBatch (linked through next; chains
-// linked through their first record's batch_next), passed whole between thread caches.
-constinit Special* g_chains[kNumSpecialKinds] = {};
+// Free records of each kind in chains of RecordCache::kBatch (linked through next), passed
+// whole between thread caches; past kMaxChains, records go back to the fixalloc one by one.
+constexpr std::size_t kMaxChains = 1024;
+struct ChainStack {
+  Special* chains[kMaxChains] = {};
+  std::size_t n = 0;
+};
+constinit ChainStack g_chains[kNumSpecialKinds] = {};
 
 // Storage for records of `kind`, default-constructed, from the kind's fixalloc (lock held).
 Special* AllocRecordLocked(SpecialKind kind) {
@@ -148,19 +153,26 @@ class RecordCache {
     last->next = nullptr;
     l.n -= kBatch;
     std::lock_guard lock(g_special_lock);
-    chain->batch_next = g_chains[static_cast<std::size_t>(kind)];
-    g_chains[static_cast<std::size_t>(kind)] = chain;
+    ChainStack& cs = g_chains[static_cast<std::size_t>(kind)];
+    if (cs.n < kMaxChains) {
+      cs.chains[cs.n++] = chain;
+      return;
+    }
+    while (chain != nullptr) {
+      Special* r = chain;
+      chain = r->next;
+      FreeRecordLocked(r);
+    }
   }
 
   // Takes a whole chain in O(1) under the lock (walking a free list there would take a cache
   // miss per record, on records last written by the thread that freed them); only when none
-  // is left, kBatch fresh records from the kind's fixalloc.
+  // is left, kBatch records from the kind's fixalloc.
   static void Refill(FreeList& l, SpecialKind kind) {
     std::lock_guard lock(g_special_lock);
-    Special*& chains = g_chains[static_cast<std::size_t>(kind)];
-    if (chains != nullptr) {
-      l.head = chains;
-      chains = chains->batch_next;
+    ChainStack& cs = g_chains[static_cast<std::size_t>(kind)];
+    if (cs.n != 0) {
+      l.head = cs.chains[--cs.n];
       l.n = kBatch;
       return;
     }
@@ -281,31 +293,36 @@ void SweepSpecials(Span* s) {
     }
     if (s->special_count == 0) SetSpanHasSpecials(s, false);
   }
-  // Kinds that take their dead records as one batch (one lock, one wake-up per span for
-  // finalizers) get them first, as lists; then every record is handed over one by one where
-  // the kind wants that, and freed.
+  // Dead records are handed over in (offset, kind) order, as Go's sweep does, except that a
+  // kind taking them as one batch (one lock, one wake-up per span for finalizers) gets all of
+  // its records of the span at the end, still in object order.
   Special* batch[kNumSpecialKinds] = {};
   Special** batch_tail[kNumSpecialKinds];
   for (std::size_t k = 0; k < kNumSpecialKinds; ++k) batch_tail[k] = &batch[k];
-  for (Special* sp = dead; sp != nullptr; sp = sp->next) {
+  while (dead != nullptr) {
+    Special* sp = dead;
+    dead = sp->next;
     const auto k = static_cast<std::size_t>(sp->kind);
-    if (g_ops[k].objects_dead == nullptr) continue;
-    *batch_tail[k] = sp;
-    batch_tail[k] = &sp->batch_next;
+    const SpecialKindOps& ops = g_ops[k];
+    if (ops.objects_dead != nullptr) {
+      *batch_tail[k] = sp;
+      batch_tail[k] = &sp->next;
+      continue;
+    }
+    if (ops.object_dead != nullptr) {
+      ops.object_dead(sp, reinterpret_cast<void*>(s->start + sp->offset), s->elemsize);
+    }
+    FreeSpecialRecord(sp);
   }
   for (std::size_t k = 0; k < kNumSpecialKinds; ++k) {
     if (batch[k] == nullptr) continue;
     *batch_tail[k] = nullptr;
     g_ops[k].objects_dead(batch[k], s->start, s->elemsize);
-  }
-  while (dead != nullptr) {
-    Special* sp = dead;
-    dead = sp->next;
-    const SpecialKindOps& ops = g_ops[static_cast<std::size_t>(sp->kind)];
-    if (ops.objects_dead == nullptr && ops.object_dead != nullptr) {
-      ops.object_dead(sp, reinterpret_cast<void*>(s->start + sp->offset), s->elemsize);
+    for (Special* sp = batch[k]; sp != nullptr;) {
+      Special* next = sp->next;
+      FreeSpecialRecord(sp);
+      sp = next;
     }
-    FreeSpecialRecord(sp);
   }
 }
 

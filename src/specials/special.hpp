@@ -24,8 +24,6 @@ inline constexpr std::size_t kNumSpecialKinds = 5;
 // Go: special
 struct Special {
   Special* next = nullptr;
-  // The sweeper's list of one kind's dead records for SpecialKindOps::objects_dead.
-  Special* batch_next = nullptr;
   std::uint32_t offset = 0;  // from the span's start: a tiny block holds several
   SpecialKind kind{};
 };
@@ -61,8 +59,8 @@ struct SpecialKindOps {
   // Go: freeSpecial. The sweeper found the object dead: take over or drop the record's
   // payload. `p` is the exact address the record was set for. The record is freed after.
   void (*object_dead)(Special* s, void* p, std::size_t object_size) = nullptr;
-  // The same for all of one span's dead records of the kind at once (linked by batch_next;
-  // each record's object is at span_start + offset), instead of object_dead.
+  // The same for all of one span's dead records of the kind at once (linked by next; each
+  // record's object is at span_start + offset), instead of object_dead.
   void (*objects_dead)(Special* list, std::uintptr_t span_start, std::size_t object_size) = nullptr;
   // True if a record of this kind keeps its object alive for one more cycle (finalizers).
   bool resurrects = false;
