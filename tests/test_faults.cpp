@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -18,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "gc/thread_registry.hpp"
+#include "test_wait.hpp"
 
 namespace {
 
@@ -375,27 +378,34 @@ TEST(Faults, MemoryLimitOfZeroStillCompletes) {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-std::mutex g_latch_mu;
-std::condition_variable g_latch_cv;
-bool g_latch_open = false;
-std::atomic<bool> g_blocker_started{false};
-std::atomic<int> g_order_violations{0};
+gofin_test::Event g_latch;           // opened by the test: the blocking finalizer returns
+gofin_test::Event g_blocker_started;  // set by the blocking finalizer
 std::atomic<int> g_after_blocker{0};
+
+// Opens the latch however the test ends: the finalizer thread is never left blocked.
+struct OpenLatchOnExit {
+  OpenLatchOnExit() = default;
+  OpenLatchOnExit(const OpenLatchOnExit&) = delete;
+  OpenLatchOnExit& operator=(const OpenLatchOnExit&) = delete;
+  ~OpenLatchOnExit() { g_latch.Set(); }
+};
 }  // namespace
 
 TEST(Faults, BlockingFinalizerDelaysOnlyTheOtherFinalizers) {
   static std::atomic<int> dtors{0};
   dtors = 0;
+  g_after_blocker = 0;
+  g_latch.Reset();
+  g_blocker_started.Reset();
+  const OpenLatchOnExit open_latch;
   InThread([] {
     gofin::SetFinalizer(gofin::New<Link>(), [](Link*) {
-      g_blocker_started = true;
-      std::unique_lock lock(g_latch_mu);
-      g_latch_cv.wait_for(lock, 120s, [] { return g_latch_open; });
+      g_blocker_started.Set();
+      g_latch.WaitFor(120s);
     });
   });
   ExactGC();
-  for (int i = 0; i < 1000 && !g_blocker_started.load(); ++i) std::this_thread::sleep_for(10ms);
-  ASSERT_TRUE(g_blocker_started.load());
+  ASSERT_TRUE(g_blocker_started.WaitFor(60s)) << "the blocking finalizer never started";
 
   // Finalizers queued behind it wait; collections, allocation and frees go on.
   const gofin::MemStats base = gofin::ReadMemStats();
@@ -418,11 +428,7 @@ TEST(Faults, BlockingFinalizerDelaysOnlyTheOtherFinalizers) {
   EXPECT_LE(worst, base.HeapAlloc + 4 * kMiB) << "the heap grew with the garbage while a finalizer blocked";
   EXPECT_FALSE(gofin::testing::BlockUntilEmptyFinalizerQueue(50ms));
 
-  {
-    std::lock_guard lock(g_latch_mu);
-    g_latch_open = true;
-  }
-  g_latch_cv.notify_all();
+  g_latch.Set();
   ASSERT_TRUE(Drain());
   EXPECT_EQ(g_after_blocker.load(), 300);
   ExactGC();
@@ -445,23 +451,24 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
   std::atomic<std::uintptr_t> heads[kChains] = {};
   std::atomic<int> round{0}, verified{-1}, bad{0};
   std::atomic<bool> drop{false}, dropped{false}, taken{false};
+  gofin_test::Notifier changed;  // notified after every change of the atomics above
 
-  // The holder: registered, keeps the chains only on its own stack.
+  // The holder: registered, keeps the chains only on its own stack. It waits on a condition
+  // variable, where a collection can stop it (and scan its stack).
   std::thread holder([&] {
     gofin::ThreadScope scope;
     Node* volatile held[kChains];
     for (int c = 0; c < kChains; ++c) {
-      while (heads[c].load() == 0) std::this_thread::yield();
+      if (!changed.WaitFor(120s, [&] { return heads[c].load() != 0; })) bad.fetch_add(1000);
       held[c] = reinterpret_cast<Node*>(heads[c].exchange(0) ^ kMask);
     }
     taken = true;
+    changed.Notify();
     for (;;) {
+      changed.WaitFor(120s, [&] { return drop.load() || round.load() != verified.load(); });
       const int r = round.load();
       if (drop.load()) break;
-      if (r == verified.load()) {
-        std::this_thread::sleep_for(1ms);
-        continue;
-      }
+      if (r == verified.load()) continue;
       for (int c = 0; c < kChains; ++c) {
         int i = 0;
         for (Node* n = held[c]; n != nullptr; n = n->next, ++i) {
@@ -470,11 +477,28 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
         if (i != kLen) bad.fetch_add(1);
       }
       verified = r;
+      changed.Notify();
     }
     for (auto& h : held) h = nullptr;
     dropped = true;
-    while (drop.load()) std::this_thread::sleep_for(1ms);  // stays registered, holding nothing
+    changed.Notify();
+    // Stays registered, holding nothing, until told to exit.
+    changed.WaitFor(120s, [&] { return !drop.load(); });
   });
+  // However the test ends (an ASSERT returns early), the holder is released and joined.
+  auto release_holder = [&] {
+    if (!holder.joinable()) return;
+    drop = true;
+    changed.Notify();
+    changed.WaitFor(120s, [&] { return dropped.load(); });
+    drop = false;
+    changed.Notify();
+    holder.join();
+  };
+  struct Finally {
+    decltype(release_holder)& fn;
+    ~Finally() { fn(); }
+  } finally{release_holder};
 
   // The allocating thread hands the chains over and exits: its cache goes back to the heap.
   InThread([&] {
@@ -488,10 +512,11 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
         head = n;
       }
       heads[c] = reinterpret_cast<std::uintptr_t>(head) ^ kMask;
+      changed.Notify();
     }
   });
   // Until the holder has them the chains are only XOR-hidden: no collection before that.
-  while (!taken.load()) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(changed.WaitFor(120s, [&] { return taken.load(); })) << "the holder never took the chains";
   for (int r = 1; r <= 10; ++r) {
     // Other threads reuse the exited thread's spans; collections come from here.
     std::vector<std::thread> churn;
@@ -507,23 +532,23 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
       ExactGC();
     }
     round = r;
-    for (int i = 0; i < 5000 && verified.load() != r; ++i) std::this_thread::sleep_for(1ms);
-    ASSERT_EQ(verified.load(), r);
+    changed.Notify();
+    ASSERT_TRUE(changed.WaitFor(120s, [&] { return verified.load() == r; })) << "round " << r << " never verified";
   }
   EXPECT_EQ(bad.load(), 0) << "objects of an exited thread were freed or overwritten while held";
   EXPECT_EQ(dtors.load(), 0);
   EXPECT_EQ(fins.load(), 0);
 
   drop = true;
-  while (!dropped.load()) std::this_thread::sleep_for(1ms);
+  changed.Notify();
+  ASSERT_TRUE(changed.WaitFor(120s, [&] { return dropped.load(); }));
   for (int i = 0; i < 4; ++i) {
     ExactGC();
     ASSERT_TRUE(Drain());
   }
-  // The holder is still registered (parked in a sleep): its stack is scanned conservatively,
-  // so a stale word may keep a few nodes; after it exits everything must go.
-  drop = false;
-  holder.join();
+  // The holder is still registered (waiting on the condition variable): its stack is scanned
+  // conservatively, so a stale word may keep a few nodes; after it exits everything must go.
+  release_holder();
   for (int i = 0; i < 8; ++i) {
     ExactGC();
     ASSERT_TRUE(Drain());
@@ -648,25 +673,30 @@ ForkResult ForkAndWait(std::uintptr_t hidden_chain, int chain_len) {
     ForkedChild(fds[1], hidden_chain, chain_len);
   }
   close(fds[1]);
-  fcntl(fds[0], F_SETFL, O_NONBLOCK);
   ForkResult r;
+  // The child holds the pipe's only write end: end of file is its exit (or its crash). poll()
+  // wakes at each step it reports and at its end; past the deadline it is killed.
   const auto deadline = Clock::now() + 90s;
   for (;;) {
-    char buf[16];
-    const ssize_t got = read(fds[0], buf, sizeof buf);
-    if (got > 0) r.last_step = buf[got - 1];
-    const pid_t w = waitpid(pid, &r.status, WNOHANG);
-    if (w == pid) break;
-    if (Clock::now() > deadline) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) {
       r.hung = true;
       kill(pid, SIGKILL);
-      waitpid(pid, &r.status, 0);
       break;
     }
-    std::this_thread::sleep_for(5ms);
+    pollfd pfd{fds[0], POLLIN, 0};
+    const int ready = poll(&pfd, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) continue;  // timed out: the deadline check kills the child
+    char buf[16];
+    const ssize_t got = read(fds[0], buf, sizeof buf);
+    if (got > 0) {
+      r.last_step = buf[got - 1];
+    } else if (got == 0 || errno != EINTR) {
+      break;  // end of file: the child is gone
+    }
   }
-  char buf[16];
-  for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) r.last_step = buf[got - 1];
+  waitpid(pid, &r.status, 0);
   close(fds[0]);
   return r;
 }
@@ -701,10 +731,11 @@ std::string Describe(const ForkResult& r) {
     }
   });
   std::atomic<bool> stop{false};
+  gofin_test::Event stop_idle;
   std::thread idle([&] {
     gofin::ThreadScope scope;
     Link* volatile mine = gofin::New<Link>();
-    while (!stop.load()) std::this_thread::sleep_for(1ms);
+    stop_idle.WaitFor(600s);
     (void)mine;
   });
   std::thread churn;
@@ -727,6 +758,7 @@ std::string Describe(const ForkResult& r) {
     if (busy) std::this_thread::sleep_for(std::chrono::milliseconds(std::rand() % 20));
   }
   stop = true;
+  stop_idle.Set();
   idle.join();
   if (churn.joinable()) churn.join();
   // The parent is unaffected.

@@ -35,6 +35,8 @@
 #include <utility>
 #include <vector>
 
+#include "test_wait.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -53,15 +55,10 @@ constexpr bool kTsan = false;
 
 // ThreadSanitizer holds back a signal while the thread is blocked in pthread_mutex_lock, so a
 // registered thread blocked on a mutex cannot be stopped for a collection. Threads that may
-// meet a collection while they wait therefore wait on atomics here, never on a mutex, and
-// exit only when no collection can be running (see CollectionsFromSeveralThreadsWhileThreads-
-// ComeAndGo for what happens otherwise).
-void SpinUntil(const std::atomic<bool>& flag) {
-  while (!flag.load()) std::this_thread::yield();
-}
-void SpinUntilAtLeast(const std::atomic<int>& n, int want) {
-  while (n.load() < want) std::this_thread::yield();
-}
+// meet a collection while they wait therefore wait with gofin_test::Notifier (test_wait.hpp):
+// in a condition variable, whose mutex they take only with try_lock. The waits are bounded:
+// a wait that times out fails the test instead of hanging it.
+constexpr auto kWaitLimit = std::chrono::seconds(120);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -276,18 +273,24 @@ void MakeGenObject(std::uint32_t id, std::uint32_t gen) {
 // before all are done allocating (so none exits during a collection).
 void AllocateGeneration(std::uint32_t gen, bool churn) {
   std::atomic<int> finished{0};
+  std::atomic<int> timed_out{0};
+  gofin_test::Notifier changed;
   std::vector<std::thread> ts;
   for (int t = 0; t < kGenThreads; ++t) {
-    ts.emplace_back([t, gen, churn, &finished] {
+    ts.emplace_back([t, gen, churn, &finished, &timed_out, &changed] {
       for (int i = 0; i < kGenPer; ++i) {
         MakeGenObject(static_cast<std::uint32_t>(t * kGenPer + i), gen);
         if (churn && i % 8 == 0) Churn(64);
       }
       finished.fetch_add(1);
-      SpinUntilAtLeast(finished, kGenThreads);
+      changed.Notify();
+      if (!changed.WaitFor(kWaitLimit, [&] { return finished.load() >= kGenThreads; })) {
+        timed_out.fetch_add(1);
+      }
     });
   }
   for (auto& t : ts) t.join();
+  EXPECT_EQ(timed_out.load(), 0) << "allocating threads waited in vain for the others to finish";
 }
 
 // Number of objects of generation gen whose finalizer ran a number of times other than want.
@@ -390,6 +393,7 @@ TEST_F(FinThreads, BenchmarkFinalizerRunPort) {
   std::atomic<int> collections{0};
   std::atomic<int> finished{0};
   std::atomic<bool> may_exit{false};
+  gofin_test::Notifier changed;  // notified after finished or may_exit change
   std::thread collector([&] {
     do {  // at least one collection, however the threads are scheduled
       gofin::GC();
@@ -399,17 +403,22 @@ TEST_F(FinThreads, BenchmarkFinalizerRunPort) {
   });
   std::vector<std::thread> ts;
   for (int t = 0; t < kRunThreads; ++t) {
-    ts.emplace_back([t, &finished, &may_exit] {
+    ts.emplace_back([t, &finished, &may_exit, &changed] {
       for (int i = 0; i < kRunPer; ++i) gofin::SetFinalizer(gofin::New<int>(t * kRunPer + i), &FinInt);
       finished.fetch_add(1);
-      SpinUntil(may_exit);  // exit only once the collector has stopped
+      changed.Notify();
+      // Exit only once the collector has stopped.
+      changed.WaitFor(kWaitLimit, [&] { return may_exit.load(); });
     });
   }
-  SpinUntilAtLeast(finished, kRunThreads);
+  const bool all_finished =
+      changed.WaitFor(kWaitLimit, [&] { return finished.load() >= kRunThreads; });
   stop = true;
   collector.join();
   may_exit = true;
+  changed.Notify();
   for (auto& t : ts) t.join();
+  ASSERT_TRUE(all_finished) << "the SetFinalizer threads did not finish in time";
   EXPECT_GT(collections.load(), 0);
   GCAndDrain();
   int not_once = 0;

@@ -28,6 +28,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_wait.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -363,25 +365,27 @@ TEST(Misuse, PointerHeldOnlyByAnUnregisteredThreadIsCollected) {
   static std::atomic<int> dtors{0};
   dtors = 0;
   std::atomic<std::uintptr_t> handoff{0};
-  std::atomic<bool> holding{false}, release{false};
+  gofin_test::Event handed, holding, release;
   std::uintptr_t hidden = 0;
   InThread([&] { hidden = Hide(gofin::New<Counted>(&dtors)); });
   // This thread never calls gofin: its stack is not scanned, whatever it holds.
   std::thread holder([&] {
-    while (handoff.load() == 0) std::this_thread::yield();
+    handed.WaitFor(120s);
     Counted* volatile p = Unhide<Counted>(handoff.load());
-    holding = true;
-    while (!release.load()) std::this_thread::sleep_for(1ms);
+    holding.Set();
+    release.WaitFor(120s);
     (void)p;
   });
   handoff = hidden;
-  while (!holding.load()) std::this_thread::yield();
+  handed.Set();
+  const bool held = holding.WaitFor(120s);
   hidden = 0;
   handoff = 0;
-  Cycle();
-  EXPECT_EQ(dtors.load(), 1) << "an unregistered thread's stack is not a root (use gofin::ThreadScope)";
-  release = true;
+  if (held) Cycle();
+  release.Set();
   holder.join();
+  ASSERT_TRUE(held) << "the holder thread never took the pointer";
+  EXPECT_EQ(dtors.load(), 1) << "an unregistered thread's stack is not a root (use gofin::ThreadScope)";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -597,8 +601,9 @@ TEST(MisuseDeathTest, ThrowingFinalizerWithTheDefaultHandlerTerminates) {
         gofin::debug::SetGCPercent(-1);
         InThread([] { gofin::SetFinalizer(gofin::New<Plain>(), [](Plain*) { throw std::runtime_error("boom"); }); });
         ExactGC();
-        gofin::testing::BlockUntilEmptyFinalizerQueue(30s);
-        std::this_thread::sleep_for(5s);
+        // The finalizer thread terminates the process while it runs the finalizer: this
+        // returns only if it did not (then the statement ends and the death test fails).
+        gofin::testing::BlockUntilEmptyFinalizerQueue(60s);
       },
       "gofin: panic in finalizer: boom");
 }

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <exception>
 #include <mutex>
+#include <utility>
 
 #include "finalizer/finalizer_queue.hpp"
 #include "gc/marker.hpp"
@@ -17,11 +18,10 @@ namespace gofin::internal {
 
 namespace {
 
-void DefaultFinalizerErrorHandler(
-    std::exception_ptr e) {  // NOLINT(performance-unnecessary-value-param):
-                             // the handler type takes it by value
+// By value: the handler type (FinalizerErrorHandler) takes it so.
+void DefaultFinalizerErrorHandler(std::exception_ptr e) {
   try {
-    std::rethrow_exception(e);
+    std::rethrow_exception(std::move(e));
   } catch (const std::exception& ex) {
     std::fprintf(stderr, "gofin: panic in finalizer: %s\n", ex.what());
   } catch (...) {
