@@ -221,10 +221,12 @@ Special** HeadsFor(Span* s) {
 
 // The per-object walks of mark and sweep touch the records in object order, and records sit
 // wherever their fixalloc put them: fetch a few objects ahead.
-inline void PrefetchRecordAhead(const Span* s, std::size_t i) {
+// Sweep touches only dead objects' records (only_dead).
+inline void PrefetchRecordAhead(const Span* s, std::size_t i, bool only_dead = false) {
   constexpr std::size_t kAhead = 8;
   if (i + kAhead < s->nelems) {
-    if (const Special* x = s->special_heads[i + kAhead]) __builtin_prefetch(x, 1);
+    const Special* x = s->special_heads[i + kAhead];
+    if (x != nullptr && !(only_dead && s->IsMarked(i + kAhead))) __builtin_prefetch(x, 1);
   }
 }
 
@@ -263,7 +265,7 @@ void SweepSpecials(Span* s) {
   {
     std::lock_guard lock(s->specials_lock);
     for (std::size_t i = 0; i < s->nelems && s->special_count != 0; ++i) {
-      PrefetchRecordAhead(s, i);
+      PrefetchRecordAhead(s, i, /*only_dead=*/true);
       Special** link = &s->special_heads[i];
       if (*link == nullptr || s->IsMarked(i)) continue;
       // Pass 1: does the object have a finalizer (at any offset: a tiny block holds several
