@@ -478,6 +478,21 @@ bool HasSpecial(const void* p, SpecialKind kind) {
   return found;
 }
 
+std::size_t SpecialRecordsOutstanding(SpecialKind kind) {
+  std::lock_guard lock(g_special_lock);
+  switch (kind) {
+    case SpecialKind::kFinalizer:
+      return g_finalizer_alloc.InUse();
+    case SpecialKind::kCleanup:
+      return g_cleanup_alloc.InUse();
+    case SpecialKind::kWeakHandle:
+      return g_weak_alloc.InUse();
+    case SpecialKind::kProfile:
+      return g_profile_alloc.InUse();
+  }
+  return 0;
+}
+
 void InitSpecials() {
   static std::once_flag once;
   std::call_once(once, [] {

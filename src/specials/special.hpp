@@ -87,6 +87,11 @@ bool ObjectIsFree(const void* p);
 // True if the object at exactly p has a record of `kind`.
 bool HasSpecial(const void* p, SpecialKind kind);
 
+// Records of `kind` taken from its fixalloc and not given back to it: attached, cached by a
+// thread, or waiting in the shared chains. For tests: it stays bounded when threads that
+// used records exit.
+std::size_t SpecialRecordsOutstanding(SpecialKind kind);
+
 // Installs the marker and sweeper hooks; idempotent.
 void InitSpecials();
 
