@@ -50,6 +50,10 @@ void* AllocSideTable(std::size_t want) {
     p = g_dtor_chunk;
     g_dtor_chunk += bytes;
     g_dtor_chunk_left -= bytes;
+    // Fresh pages read as zero already, but a table's first access is often a read (a list
+    // walk): that maps the shared zero page, and the first write then copies it and flushes
+    // every core's TLB. Writing first takes one plain fault instead.
+    std::memset(p, 0, bytes);
   }
   return p;
 }
