@@ -3,6 +3,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <ctime>
 #include <memory>
 
 #include "gc/collector.hpp"
@@ -13,9 +14,33 @@
 #include "heap/safepoint.hpp"
 #include "heap/thread_cache.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#define GOFIN_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define GOFIN_TSAN 1
+#endif
+#endif
+
 namespace gofin::internal {
 
 namespace {
+
+// ThreadSanitizer (GCC 12's libtsan) creates a thread's signal context lazily, at the
+// thread's first blocking call (nanosleep, pthread_join, a condition-variable wait) or first
+// signal, and not reentrantly: a signal that arrives while that context is being created is
+// recorded in a second context, which the first then replaces, and is lost. A thread in its
+// first blocking call just when the collector sends its stop signal (an exiting thread
+// waiting for the registry lock the collector holds, a thread waiting for the root table,
+// main in its first join) never runs the handler, and the collection waits for it forever.
+// So a thread makes one blocking call, creating the context, before it is registered and
+// can be sent a stop signal. (Later libtsan versions create the context with a CAS.)
+void PrepareForStopSignals() {
+#if defined(GOFIN_TSAN)
+  timespec zero{0, 0};
+  nanosleep(&zero, nullptr);
+#endif
+}
 
 constinit ThreadRecord* g_threads = nullptr;
 constinit FixAlloc<ThreadRecord> g_record_alloc{};
@@ -74,6 +99,7 @@ bool RegisterThread() {
   std::uintptr_t hi = 0;
   StackBounds(lo, hi);
   ThreadCache* cache = t_local.cache != nullptr ? t_local.cache : NewThreadCache();
+  PrepareForStopSignals();
   {
     std::lock_guard lock(RegistryLock());
     ThreadRecord* r = g_record_alloc.Alloc();
