@@ -59,10 +59,27 @@ struct FinState {
   bool running = false;  // under lock: a batch is being run
 };
 
+// Published with a compare-and-swap, not a function-local static: the marker reads the queue
+// with the world stopped (MarkFinalizerQueueRoots), and a thread stopped inside a static's
+// initialisation holds its guard, which the collector would then wait for forever (found by
+// the oracle: the first SetFinalizer racing an automatic collection).
+constinit std::atomic<FinState*> g_fin_state{nullptr};
+
 FinState& State() {
-  static FinState* s = new FinState();  // NOLINT: lives for the process
-  return *s;
+  if (FinState* s = g_fin_state.load(std::memory_order_acquire)) [[likely]]
+    return *s;
+  auto fresh = std::make_unique<FinState>();
+  FinState* expected = nullptr;
+  // acq_rel: publishes the constructed state; on failure, acquires the winner's.
+  if (g_fin_state.compare_exchange_strong(expected, fresh.get(), std::memory_order_acq_rel,
+                                          std::memory_order_acquire)) {
+    return *fresh.release();  // lives for the process
+  }
+  return *expected;
 }
+
+// The state if any thread created it; never allocates (for the world-stopped marker).
+FinState* StateIfCreated() { return g_fin_state.load(std::memory_order_acquire); }
 
 void RunFinalizers();
 constinit std::atomic<bool> g_fing_alive{false};
@@ -194,7 +211,9 @@ void CreateFinalizerThread() {
 }
 
 void MarkFinalizerQueueRoots(MarkWorker& w) {
-  FinState& st = State();
+  FinState* state = StateIfCreated();
+  if (state == nullptr) return;  // nothing was ever queued
+  FinState& st = *state;
   for (FinBlock* b = st.allfin; b != nullptr; b = b->alllink) {
     const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
     const auto lo = reinterpret_cast<std::uintptr_t>(&b->fin[0]);
