@@ -453,8 +453,8 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
   std::atomic<bool> drop{false}, dropped{false}, taken{false};
   gofin_test::Notifier changed;  // notified after every change of the atomics above
 
-  // The holder: registered, keeps the chains only on its own stack. It waits on a condition
-  // variable, where a collection can stop it (and scan its stack).
+  // The holder: registered, keeps the chains only on its own stack. It waits in a semaphore
+  // wait (test_wait.hpp), where a collection can stop it and scan its stack.
   std::thread holder([&] {
     gofin::ThreadScope scope;
     Node* volatile held[kChains];
@@ -546,7 +546,7 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
     ExactGC();
     ASSERT_TRUE(Drain());
   }
-  // The holder is still registered (waiting on the condition variable): its stack is scanned
+  // The holder is still registered (waiting on the semaphore): its stack is scanned
   // conservatively, so a stale word may keep a few nodes; after it exits everything must go.
   release_holder();
   for (int i = 0; i < 8; ++i) {

@@ -13,8 +13,8 @@
 //
 // Conservative scanning: objects are allocated and dropped in short-lived threads that exit
 // before the collection whose result is asserted (a dead thread's stack is not scanned).
-// Waits are bounded (condition variables with timeouts, BlockUntilEmptyFinalizerQueue) and a
-// watchdog aborts a hung test.
+// Waits are bounded (semaphore or condition-variable waits with timeouts,
+// BlockUntilEmptyFinalizerQueue) and a watchdog aborts a hung test.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -56,7 +56,7 @@ constexpr bool kTsan = false;
 // ThreadSanitizer holds back a signal while the thread is blocked in pthread_mutex_lock, so a
 // registered thread blocked on a mutex cannot be stopped for a collection. Threads that may
 // meet a collection while they wait therefore wait with gofin_test::Notifier (test_wait.hpp):
-// in a condition variable, whose mutex they take only with try_lock. The waits are bounded:
+// in a semaphore wait, where the stop signal is delivered. The waits are bounded:
 // a wait that times out fails the test instead of hanging it.
 constexpr auto kWaitLimit = std::chrono::seconds(120);
 
