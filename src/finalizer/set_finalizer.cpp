@@ -9,6 +9,7 @@
 
 #include "finalizer/finalizer_queue.hpp"
 #include "gc/marker.hpp"
+#include "gc/preemptible_mutex.hpp"
 #include "gofin/finalizer.hpp"
 #include "gofin/testing.hpp"
 #include "heap/heap.hpp"
@@ -74,18 +75,23 @@ void FinalizersReady(Special* list, std::uintptr_t span_start, std::size_t /*siz
 
 constinit std::atomic<bool> g_finalizers_ready{false};
 
+// Not std::call_once: a registered thread waiting in pthread_once while the collector has
+// stopped the thread running the initialization cannot itself be stopped under
+// ThreadSanitizer (TSan's once-wait takes no signal), and the collection waits forever.
+// PreemptibleMutex waits in nanosleep, where the stop signal is delivered.
+constinit PreemptibleMutex g_init_lock;
+
 void InitFinalizersOnce() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    SpecialKindOps ops;
-    ops.mark = &MarkFinalizerSpecial;
-    ops.objects_dead = &FinalizersReady;
-    ops.resurrects = true;
-    RegisterSpecialKind(SpecialKind::kFinalizer, ops);
-    AddExtraRootsHook(&MarkFinalizerQueueRoots);
-    InitSpecials();
-    CreateFinalizerThread();
-  });
+  std::lock_guard lock(g_init_lock);
+  if (g_finalizers_ready.load(std::memory_order_relaxed)) return;
+  SpecialKindOps ops;
+  ops.mark = &MarkFinalizerSpecial;
+  ops.objects_dead = &FinalizersReady;
+  ops.resurrects = true;
+  RegisterSpecialKind(SpecialKind::kFinalizer, ops);
+  AddExtraRootsHook(&MarkFinalizerQueueRoots);
+  InitSpecials();
+  CreateFinalizerThread();
   g_finalizers_ready.store(true, std::memory_order_release);
 }
 

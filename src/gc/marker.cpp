@@ -92,6 +92,9 @@ struct WorkerPool {
   std::uint64_t generation = 0;
   int threads = 0;
   MarkPhase* phase = nullptr;
+  // The phase's nworkers as published with generation, under lock: a helper woken late must
+  // not read phase->nworkers, which the collector rewrites for its next phase.
+  int nworkers = 0;
 };
 
 constinit WorkerPool* g_pool = nullptr;
@@ -178,13 +181,15 @@ void WorkerThread(int id) {
   std::uint64_t seen = 0;
   for (;;) {
     MarkPhase* ph = nullptr;
+    int nworkers = 0;
     {
       std::unique_lock lock(p.lock);
       p.start.wait(lock, [&] { return p.generation != seen; });
       seen = p.generation;
       ph = p.phase;
+      nworkers = p.nworkers;
     }
-    if (id < ph->nworkers && ph->state.TryJoin()) {
+    if (id < nworkers && ph->state.TryJoin()) {
       RunWorker(*ph, id);
       // Release: what this worker marked and disposed is visible to the collecting thread.
       ph->exited.fetch_add(1, std::memory_order_release);
@@ -202,6 +207,7 @@ void RunPhase(MarkPhase& ph) {
   if (helpers > 0) {
     std::lock_guard lock(p.lock);
     p.phase = &ph;
+    p.nworkers = ph.nworkers;
     ++p.generation;
     p.start.notify_all();
   }
@@ -264,7 +270,8 @@ void MarkWorker::MarkPointer(std::uintptr_t p) {
 }
 
 void MarkWorker::ScanObjectContents(std::uintptr_t base) {
-  const Span* s = hint_ != nullptr && hint_->Contains(base) ? hint_ : g_heap.arenas.SpanOfHeap(base);
+  const Span* s =
+      hint_ != nullptr && hint_->Contains(base) ? hint_ : g_heap.arenas.SpanOfHeap(base);
   if (s == nullptr || s->spanclass.NoScan()) return;
   if (s->large && s->elemsize > kObletBytes) {
     // Queue the oblets instead of scanning a huge object inline.
