@@ -236,6 +236,28 @@ TEST(Collector, UnreachableObjectsAreFreedExactlyOnce) {
   EXPECT_EQ(Load(dtors), kN);
 }
 
+// Leaves copies of a fresh object's address in the dead stack just below the caller's frame,
+// where a deep call chain that allocated leaves them; returns only a scrambled address.
+[[gnu::noinline]] std::uintptr_t LeaveStaleCopiesBelow(std::atomic<int>* dtors) {
+  volatile std::uintptr_t slots[1024];
+  const auto a = reinterpret_cast<std::uintptr_t>(gofin::New<Tracked>(dtors, 7));
+  for (auto& slot : slots) slot = a;
+  return ~a;
+}
+
+// GC() builds its frames on dead stack, and the unwritten slots of those frames are scanned as
+// the collecting thread's stack: without clearing it first (bdwgc: GC_clear_stack), the object
+// the caller made last survives the collection that should free it.
+TEST(Collector, GCDoesNotScanStaleWordsBelowItsCaller) {
+  Watchdog wd("GCDoesNotScanStaleWordsBelowItsCaller");
+  static std::atomic<int> dtors{0};
+  dtors = 0;
+  const std::uintptr_t scrambled = LeaveStaleCopiesBelow(&dtors);
+  gofin::GC();
+  EXPECT_EQ(Load(dtors), 1) << "the object at 0x" << std::hex << ~scrambled
+                            << " was kept by a stale word under GC()'s own frames";
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory reuse
 // ---------------------------------------------------------------------------------------------

@@ -248,7 +248,24 @@ void WithWorldStopped(void (*fn)(void*), void* arg) {
 namespace gofin {
 
 namespace {
-void FullCollection(bool scan_own_stack) {
+
+// bdwgc: GC_clear_stack. The collector's own frames (this call's and the ones below it) are
+// scanned as the collecting thread's stack, and their unwritten slots and padding still hold
+// whatever the caller's earlier, deeper calls left there: often the address of the object the
+// caller allocated last, which then survives a collection it should not. Zeroing the dead stack
+// below the caller first means those frames are built on zeros. Bounded by the room the
+// thread's stack has left, so a small stack is never overrun.
+[[gnu::noinline]] void ClearDeadStack() {
+  constexpr std::size_t kClearBytes = 8 * 1024;
+  constexpr std::size_t kKeepFree = 32 * 1024;  // what the collection itself may need below
+  const internal::ThreadRecord* self = internal::CurrentThreadRecord();
+  const auto sp = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+  if (self == nullptr || sp < self->stack_lo + kClearBytes + kKeepFree) return;
+  alignas(64) unsigned char dead[kClearBytes];
+  explicit_bzero(dead, sizeof(dead));
+}
+
+[[gnu::noinline]] void FullCollection(bool scan_own_stack) {
   internal::RegisterThread();
   // From a destructor the sweeper runs, a collection would wait for itself: do nothing.
   if (!internal::MayCollectHere()) return;
@@ -258,8 +275,16 @@ void FullCollection(bool scan_own_stack) {
 }
 }  // namespace
 
-void GC() { FullCollection(true); }
+void GC() {
+  internal::RegisterThread();
+  ClearDeadStack();
+  FullCollection(true);
+}
 
-void testing::GC(StackState state) { FullCollection(state == StackState::kMayContainHeapPointers); }
+void testing::GC(StackState state) {
+  internal::RegisterThread();
+  ClearDeadStack();
+  FullCollection(state == StackState::kMayContainHeapPointers);
+}
 
 }  // namespace gofin
