@@ -101,14 +101,19 @@ void AfterForkInChild() {
   if (g_fing_alive.exchange(false, std::memory_order_acq_rel)) StartFinalizerThread();
 }
 
+// Records are run from the end of a block down; the one this many ahead is fetched early.
+constexpr std::uint32_t kRunAhead = 8;
+
 // Runs record i-1 of the batch. Its own frame, which holds the object and the callable while
 // the finalizer runs, is dead once it returns (below the stack pointer, never scanned).
 [[gnu::noinline]] void RunOne(FinState& st, FinBlock* batch, std::uint32_t i) {
   const QueuedFinalizer f = batch->fin[i - 1];
-  // Go: the record is cleared before it is run, so the queue stops rooting the object; this
-  // frame roots it until the call returns.
-  batch->fin[i - 1] = QueuedFinalizer{nullptr, nullptr, nullptr};
+  // Go clears the record before running it, so that the queue stops rooting the object; the
+  // marker scans only records [0, cnt), so lowering cnt does that here, and the record's cache
+  // line (written by the sweeper on another core) is only read, never taken for writing. This
+  // frame roots the object until the call returns.
   batch->cnt.store(i - 1, std::memory_order_relaxed);
+  if (i > kRunAhead) __builtin_prefetch(&batch->fin[i - 1 - kRunAhead]);
   st.running_finalizer.store(true, std::memory_order_relaxed);
   try {
     f.invoke(f.ctx, f.obj);

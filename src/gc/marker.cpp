@@ -66,15 +66,20 @@ constexpr std::uintptr_t kEntryAddressMask = (std::uintptr_t{1} << kEntrySizeShi
 static_assert(kMaxSmallSize < (std::uintptr_t{1} << (64 - kEntrySizeShift)),
               "a small object's size must fit in a work-queue entry's tag");
 constexpr unsigned kPrefetchDistance = 8;
+// Objects up to this size that have finalizers have their contents scanned where they are
+// found instead of through the queue.
+constexpr std::uintptr_t kInlineContentsBytes = 256;
 
 constexpr std::size_t kMaxExtraRoots = 8;
 constinit std::atomic<ExtraRootsFn> g_extra_roots[kMaxExtraRoots] = {};
+constinit std::atomic<ParallelRootsFn> g_parallel_roots[kMaxExtraRoots] = {};
 
 // Go: gcBgMarkWorker's parking. The pool's threads are not registered mutators: they never
 // hold GC pointers outside a mark phase and are never stopped.
 struct MarkPhase {
   const RootRangeList* roots = nullptr;
   std::atomic<std::size_t> next_root{0};
+  std::atomic<std::size_t> next_unit[kMaxExtraRoots] = {};  // per parallel roots hook
   PhaseState state;
   // Helpers that joined and have left RunWorker; the collecting thread waits for exactly the
   // members (Joined - 1) before it reuses the phase.
@@ -136,6 +141,11 @@ void RunWorker(MarkPhase& ph, int id) {
       const std::size_t i = ph.next_root.fetch_add(1, std::memory_order_relaxed);
       if (i >= ph.roots->Size()) break;
       w.ScanRange((*ph.roots)[i].lo, (*ph.roots)[i].hi);
+    }
+    for (std::size_t h = 0; h < kMaxExtraRoots; ++h) {
+      if (ParallelRootsFn fn = g_parallel_roots[h].load(std::memory_order_acquire)) {
+        fn(w, ph.next_unit[h]);
+      }
     }
     if (id == 0) {
       for (auto& hook : g_extra_roots) {
@@ -199,6 +209,7 @@ void WorkerThread(int id) {
 
 void RunPhase(MarkPhase& ph) {
   ph.next_root.store(0, std::memory_order_relaxed);
+  for (auto& u : ph.next_unit) u.store(0, std::memory_order_relaxed);
   ph.exited.store(0, std::memory_order_relaxed);
   WorkerPool& p = Pool();
   const int helpers = std::min(ph.nworkers - 1, p.threads);
@@ -229,6 +240,13 @@ void RunPhase(MarkPhase& ph) {
 void AddExtraRootsHook(ExtraRootsFn fn) {
   for (auto& hook : g_extra_roots) {
     ExtraRootsFn expected = nullptr;
+    if (hook.compare_exchange_strong(expected, fn, std::memory_order_acq_rel)) return;
+  }
+}
+
+void AddParallelRootsHook(ParallelRootsFn fn) {
+  for (auto& hook : g_parallel_roots) {
+    ParallelRootsFn expected = nullptr;
     if (hook.compare_exchange_strong(expected, fn, std::memory_order_acq_rel)) return;
   }
 }
@@ -278,9 +296,15 @@ void MarkWorker::ScanObjectContents(std::uintptr_t base) {
     if (!queue_.Push(base)) overflow_.store(true, std::memory_order_relaxed);
     return;
   }
-  // Queued, not scanned here, so that the other workers can share the contents of a million
-  // finalizer-bearing objects (a queue entry is scanned whether or not it is marked). An
-  // overflow's rescan visits only marked objects: when the queue is full, scan inline.
+  // A small object is scanned here: the walk that finds it (markrootSpans) is already split
+  // across the workers, and what it references is queued for all of them. A larger one is
+  // queued, so that one worker never scans many large objects alone (a queue entry is scanned
+  // whether or not it is marked). An overflow's rescan visits only marked objects: when the
+  // queue is full, scan inline.
+  if (!s->large && s->elemsize <= kInlineContentsBytes) {
+    ScanRange(base, base + s->elemsize);
+    return;
+  }
   const std::uintptr_t entry = s->large ? base : base | (s->elemsize << kEntrySizeShift);
   if (!queue_.Push(entry)) ScanRange(base, base + s->elemsize);
 }

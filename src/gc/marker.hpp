@@ -54,6 +54,12 @@ class MarkWorker {
 // is called once per cycle on one worker after the roots are queued.
 using ExtraRootsFn = void (*)(MarkWorker& w);
 void AddExtraRootsHook(ExtraRootsFn fn);
+// A root job that every worker of the phase shares (Go: markrootSpans is split into one job
+// per span-bitmap chunk): each worker calls fn after its root ranges, and fn claims units of
+// its own choosing with next_unit.fetch_add until none are left. next_unit starts at 0 in
+// every phase.
+using ParallelRootsFn = void (*)(MarkWorker& w, std::atomic<std::size_t>& next_unit);
+void AddParallelRootsHook(ParallelRootsFn fn);
 
 struct MarkResult {
   std::uint64_t bytes_marked = 0;

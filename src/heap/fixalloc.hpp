@@ -61,7 +61,7 @@ class FixAlloc {
                                             : (std::size_t{1} << 16);
 
   bool Refill() {
-    void* c = os::MapMetadata(kChunk);
+    void* c = os::MapMetadataPopulated(kChunk);
     if (c == nullptr) return false;
     chunk_ = static_cast<char*>(c);
     chunk_left_ = kChunk;

@@ -39,6 +39,12 @@ void* MapMetadata(std::size_t size) {
   return p == MAP_FAILED ? nullptr : p;
 }
 
+void* MapMetadataPopulated(std::size_t size) {
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                 -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
 void Unmap(void* addr, std::size_t size) { munmap(addr, size); }
 
 }  // namespace gofin::internal::os

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <new>
 #include <type_traits>
+#include <utility>
 
 #include "gc/marker.hpp"
 #include "gc/sweeper.hpp"
@@ -28,11 +29,36 @@ constinit FixAlloc<SpecialWeakHandle> g_weak_alloc{};
 constinit FixAlloc<SpecialProfile> g_profile_alloc{};
 constinit SpecialKindOps g_ops[kNumSpecialKinds] = {};
 // Free records of each kind in chains of RecordCache::kBatch (linked through next), passed
-// whole between thread caches; past kMaxChains, records go back to the fixalloc one by one.
-constexpr std::size_t kMaxChains = 1024;
+// whole between thread caches. The chains themselves are stacked through their first record's
+// storage (ChainLink), so the stack is unbounded and a push or pop is O(1) under the lock
+// whatever the number of records a sweep frees.
+struct ChainLink : Special {
+  Special* next_chain = nullptr;
+};
+static_assert(sizeof(SpecialFinalizer) >= sizeof(ChainLink) &&
+                  sizeof(SpecialCleanup) >= sizeof(ChainLink) &&
+                  sizeof(SpecialWeakHandle) >= sizeof(ChainLink) &&
+                  sizeof(SpecialProfile) >= sizeof(ChainLink),
+              "a free record of every kind must have room to link chains");
 struct ChainStack {
-  Special* chains[kMaxChains] = {};
-  std::size_t n = 0;
+  Special* top = nullptr;
+
+  // chain: kBatch free records linked by next (lock held). Its first record's storage is
+  // reused as the link to the chain below.
+  void Push(Special* chain) {
+    Special* rest = chain->next;
+    const SpecialKind kind = chain->kind;
+    ChainLink* link = std::construct_at(static_cast<ChainLink*>(chain));
+    link->next = rest;
+    link->kind = kind;  // a thread exiting with part of the chain frees it by kind
+    link->next_chain = top;
+    top = link;
+  }
+  Special* Pop() {
+    auto* link = static_cast<ChainLink*>(top);
+    if (link != nullptr) top = link->next_chain;
+    return link;
+  }
 };
 constinit ChainStack g_chains[kNumSpecialKinds] = {};
 
@@ -90,9 +116,9 @@ Special* ConstructRecord(Special* storage, SpecialKind kind) {
 }
 
 // Go takes mheap_.speciallock for every record. gofin gives each thread a few free records
-// of each kind, refilled and returned in batches under the lock (as mcache does for
+// of each kind, refilled and returned as whole chains under the lock (as mcache does for
 // objects), so that threads setting and removing finalizers do not all queue on one lock.
-// The background sweeper frees most dead records; its cache hands them back in batches.
+// The background sweeper frees most dead records; its cache hands them back in chains.
 // Trivially destructible on purpose: a thread_local destructor is registered with a malloc
 // that may fail when memory is short; a registered thread's cache is flushed by the thread
 // registry's exit hook instead, and an unregistered thread bypasses the cache.
@@ -103,7 +129,14 @@ class RecordCache {
 
   Special* Take(SpecialKind kind) {
     FreeList& l = lists_[static_cast<std::size_t>(kind)];
-    if (l.head == nullptr) Refill(l, kind);
+    if (l.head == nullptr) {
+      if (l.full != nullptr) {
+        l.head = std::exchange(l.full, nullptr);
+        l.n = kBatch;
+      } else {
+        Refill(l, kind);
+      }
+    }
     Special* r = l.head;
     l.head = r->next;
     --l.n;
@@ -113,17 +146,24 @@ class RecordCache {
     return ConstructRecord(r, kind);
   }
 
+  // The list grows into a chain of exactly kBatch records as it is pushed, so handing one to
+  // the shared stack never walks records (each a likely cache miss): one full chain is kept
+  // back for this thread's own next Takes, and only the one before it is handed over.
   void Give(Special* s) {
     FreeList& l = lists_[static_cast<std::size_t>(s->kind)];
     s->next = l.head;
     l.head = s;
-    if (++l.n > kMax) FlushChain(l, s->kind);
+    if (++l.n < kBatch) return;
+    Special* full = std::exchange(l.full, l.head);
+    l.head = nullptr;
+    l.n = 0;
+    if (full != nullptr) PushChain(full, s->kind);
   }
 
   void FlushAll() {
     for (std::size_t k = 0; k < kNumSpecialKinds; ++k) {
       FreeList& l = lists_[k];
-      while (l.n >= kBatch) FlushChain(l, static_cast<SpecialKind>(k));
+      if (l.full != nullptr) PushChain(std::exchange(l.full, nullptr), static_cast<SpecialKind>(k));
       if (l.head == nullptr) continue;
       std::lock_guard lock(g_special_lock);
       while (l.head != nullptr) {
@@ -137,42 +177,23 @@ class RecordCache {
 
  private:
   static constexpr std::uint32_t kBatch = 32;
-  static constexpr std::uint32_t kMax = 2 * kBatch;
   struct FreeList {
-    Special* head = nullptr;
+    Special* head = nullptr;  // fewer than kBatch records, counted by n
     std::uint32_t n = 0;
+    Special* full = nullptr;  // nullptr or a chain of exactly kBatch
   };
 
-  // Hands kBatch records to the shared stack of chains: the list is cut off this thread's
-  // (cached) records, and only the push happens under the lock.
-  static void FlushChain(FreeList& l, SpecialKind kind) {
-    Special* chain = l.head;
-    Special* last = chain;
-    for (std::uint32_t i = 1; i < kBatch; ++i) last = last->next;
-    l.head = last->next;
-    last->next = nullptr;
-    l.n -= kBatch;
+  static void PushChain(Special* chain, SpecialKind kind) {
     std::lock_guard lock(g_special_lock);
-    ChainStack& cs = g_chains[static_cast<std::size_t>(kind)];
-    if (cs.n < kMaxChains) {
-      cs.chains[cs.n++] = chain;
-      return;
-    }
-    while (chain != nullptr) {
-      Special* r = chain;
-      chain = r->next;
-      FreeRecordLocked(r);
-    }
+    g_chains[static_cast<std::size_t>(kind)].Push(chain);
   }
 
-  // Takes a whole chain in O(1) under the lock (walking a free list there would take a cache
-  // miss per record, on records last written by the thread that freed them); only when none
-  // is left, kBatch records from the kind's fixalloc.
+  // Takes a whole chain in O(1) under the lock; only when none is left, kBatch records from
+  // the kind's fixalloc.
   static void Refill(FreeList& l, SpecialKind kind) {
     std::lock_guard lock(g_special_lock);
-    ChainStack& cs = g_chains[static_cast<std::size_t>(kind)];
-    if (cs.n != 0) {
-      l.head = cs.chains[--cs.n];
+    if (Special* chain = g_chains[static_cast<std::size_t>(kind)].Pop()) {
+      l.head = chain;
       l.n = kBatch;
       return;
     }
@@ -223,21 +244,29 @@ Special** HeadsFor(Span* s) {
 // wherever their fixalloc put them: fetch a few objects ahead.
 // Sweep touches only dead objects' records (only_dead).
 inline void PrefetchRecordAhead(const Span* s, std::size_t i, bool only_dead = false) {
-  constexpr std::size_t kAhead = 8;
+  constexpr std::size_t kAhead = 16;
   if (i + kAhead < s->nelems) {
     const Special* x = s->special_heads[i + kAhead];
     if (x != nullptr && !(only_dead && s->IsMarked(i + kAhead))) __builtin_prefetch(x, 1);
   }
 }
 
-// Go: markrootSpans. Visits only spans whose first page is flagged in their arena.
-void MarkSpecials(MarkWorker& w) {
+// Go: markrootSpans. Visits only spans whose first page is flagged in their arena. The work
+// is split into units of 64 pages (8 bytes of an arena's bitmap) that the phase's workers
+// claim, so that a heap of a million finalizer-bearing objects is walked by all of them.
+void MarkSpecials(MarkWorker& w, std::atomic<std::size_t>& next_unit) {
+  constexpr std::size_t kUnitBytes = 8;
+  constexpr std::size_t kUnitsPerArena = kPagesPerArena / 8 / kUnitBytes;
   const std::uintptr_t lo = g_heap.arenas.LoIndex();
   const std::uintptr_t hi = g_heap.arenas.HiIndex();
-  for (std::uintptr_t ai = lo; ai < hi; ++ai) {
-    HeapArena* a = g_heap.arenas.ArenaOf(ai << kArenaShift);
+  const std::size_t units = hi > lo ? (hi - lo) * kUnitsPerArena : 0;
+  for (;;) {
+    const std::size_t u = next_unit.fetch_add(1, std::memory_order_relaxed);
+    if (u >= units) break;
+    HeapArena* a = g_heap.arenas.ArenaOf((lo + u / kUnitsPerArena) << kArenaShift);
     if (a == nullptr) continue;
-    for (std::size_t byte = 0; byte < kPagesPerArena / 8; ++byte) {
+    const std::size_t first_byte = (u % kUnitsPerArena) * kUnitBytes;
+    for (std::size_t byte = first_byte; byte < first_byte + kUnitBytes; ++byte) {
       std::uint8_t bits = a->page_specials[byte].load(std::memory_order_relaxed);
       while (bits != 0) {
         const int b = __builtin_ctz(bits);
@@ -498,7 +527,7 @@ void InitSpecials() {
   std::call_once(once, [] {
     // After fork(), in the child: the lock may be held by a thread that no longer exists.
     pthread_atfork(nullptr, nullptr, [] { std::construct_at(&g_special_lock); });
-    AddExtraRootsHook(&MarkSpecials);
+    AddParallelRootsHook(&MarkSpecials);
     AddThreadExitHook(&FlushRecordCache);
     SetSweepSpecialsHook(&SweepSpecials);
   });
