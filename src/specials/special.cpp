@@ -16,6 +16,7 @@
 #include "heap/fixalloc.hpp"
 #include "heap/heap.hpp"
 #include "heap/lock.hpp"
+#include "heap/prefetch.hpp"
 
 namespace gofin::internal {
 
@@ -142,7 +143,7 @@ class RecordCache {
     --l.n;
     // Records come back from the thread that freed them (mostly the background sweeper, on
     // another core): fetch the next one for writing while this one is used.
-    if (l.head != nullptr) __builtin_prefetch(l.head, 1);
+    if (l.head != nullptr) PrefetchForWrite(l.head);
     return ConstructRecord(r, kind);
   }
 
@@ -247,7 +248,7 @@ inline void PrefetchRecordAhead(const Span* s, std::size_t i, bool only_dead = f
   constexpr std::size_t kAhead = 16;
   if (i + kAhead < s->nelems) {
     const Special* x = s->special_heads[i + kAhead];
-    if (x != nullptr && !(only_dead && s->IsMarked(i + kAhead))) __builtin_prefetch(x, 1);
+    if (x != nullptr && !(only_dead && s->IsMarked(i + kAhead))) PrefetchForWrite(x);
   }
 }
 
