@@ -193,12 +193,99 @@ namespace {
 }
 }  // namespace
 
-void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
+namespace {
+// Everything but the two fast paths below: first use by a thread, size 0, tiny and small
+// objects whose cached span or tiny block is used up, destructors, large objects, and the
+// retry after running out of memory.
+[[gnu::noinline]] void* MallocSlowPath(std::size_t size, unsigned flags, DtorFn dtor,
+                                       std::size_t count) {
   if (size == 0) size = 1;
   void* p = internal::MallocOnce(size, flags, dtor, count);
   if (p == nullptr) [[unlikely]]
     return RetryAfterOOM(size, flags, dtor, count);
   return p;
+}
+// The slow path entered from inside the fast path's no-preemption region.
+[[gnu::noinline]] void* LeaveFastPath(std::size_t size, unsigned flags, DtorFn dtor,
+                                      std::size_t count) {
+  internal::ExitNoPreempt();
+  return MallocSlowPath(size, flags, dtor, count);
+}
+
+[[gnu::noinline]] void* ParkThenReturn(void* p) {
+  internal::ParkAtSafepoint();
+  return p;
+}
+
+// ExitNoPreempt for a fast path about to return p: the rare stop at the safe point is a
+// tail call, so the fast path keeps p in no callee-saved register.
+inline void* ExitNoPreemptReturning(void* p) {
+  using internal::t_local;
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (--t_local.nosafepoint == 0 && t_local.preempt_pending != 0) [[unlikely]]
+    return ParkThenReturn(p);
+  return p;
+}
+
+// Clears a recycled object bigger than the inline loop handles, then leaves the region.
+[[gnu::noinline]] void* ZeroThenReturn(std::uintptr_t v, std::size_t size) {
+  std::memset(reinterpret_cast<void*>(v), 0, size);
+  return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
+}
+}  // namespace
+
+// Go: mallocgc's common cases, kept free of calls (the slow path is a tail call) so that the
+// compiler saves no registers and builds no frame for them: a tiny object that fits the
+// current tiny block, and a small object without a destructor from the thread's cached span.
+void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
+  using internal::t_local;
+  internal::ThreadCache* c = t_local.cache;
+  if (c == nullptr || size - 1 >= internal::kMaxSmallSize || dtor != nullptr) [[unlikely]]
+    return MallocSlowPath(size, flags, dtor, count);
+  const bool noscan = (flags & kAllocNoScan) != 0;
+  if (noscan && size < internal::kTinySize && (flags & kAllocNoTiny) == 0) {
+    // Only the unpadded tiny case, with its alignment rule, is inlined here.
+    if ((flags & kAllocPadded) != 0) return MallocSlowPath(size, flags, dtor, count);
+    // The tiny block is read inside the region: a collection drops it (FlushAllCaches).
+    internal::EnterNoPreempt();
+    std::uintptr_t off = c->tiny_offset;
+    if ((size & 7) == 0) {
+      off = (off + 7) & ~std::uintptr_t{7};
+    } else if ((size & 3) == 0) {
+      off = (off + 3) & ~std::uintptr_t{3};
+    } else if ((size & 1) == 0) {
+      off = (off + 1) & ~std::uintptr_t{1};
+    }
+    if (off + size <= internal::kTinySize && c->tiny != 0) {
+      const std::uintptr_t v = c->tiny + off;
+      c->tiny_offset = off + size;
+      ++c->tiny_allocs;
+      return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
+    }
+    // A new tiny block from the cached tiny span.
+    internal::Span* s = c->alloc[internal::kTinySpanClass.value];
+    const std::uintptr_t v = internal::NextFreeFast(s);
+    if (v == 0) [[unlikely]]
+      return LeaveFastPath(size, flags, dtor, count);
+    if (s->needzero) internal::ZeroObject(v, internal::kTinySize);
+    if (size < c->tiny_offset || c->tiny == 0) {
+      c->tiny = v;
+      c->tiny_offset = size;
+    }
+    return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
+  }
+  const internal::SpanClass spc =
+      internal::SpanClass::Make(internal::SizeToClass(size), noscan, /*dtor=*/false);
+  internal::EnterNoPreempt();
+  internal::Span* s = c->alloc[spc.value];
+  const std::uintptr_t v = internal::NextFreeFast(s);
+  if (v == 0) [[unlikely]]
+    return LeaveFastPath(size, flags, dtor, count);
+  if (s->needzero) {
+    if (s->elemsize > 64) return ZeroThenReturn(v, s->elemsize);
+    internal::ZeroObject(v, s->elemsize);
+  }
+  return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
 }
 
 void* MallocAligned(std::size_t size, std::size_t align, unsigned flags, DtorFn dtor,
