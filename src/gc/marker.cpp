@@ -258,25 +258,32 @@ MarkWorker::MarkWorker(WorkQueue& q, std::atomic<bool>& overflow)
       arena_lo_(g_heap.arenas.LoIndex()),
       arena_count_(g_heap.arenas.HiIndex() > g_heap.arenas.LoIndex()
                        ? g_heap.arenas.HiIndex() - g_heap.arenas.LoIndex()
-                       : 0) {}
+                       : 0),
+      heap_lo_(arena_lo_ << kArenaShift),
+      heap_bytes_(arena_count_ << kArenaShift) {}
 
-GOFIN_NO_SANITIZE void MarkWorker::ScanRange(std::uintptr_t lo, std::uintptr_t hi) {
-  const std::uintptr_t heap_lo = arena_lo_ << kArenaShift;
-  const std::uintptr_t heap_size = arena_count_ << kArenaShift;
+// Go: scanblock's loop. Every word that falls in the heap's arenas is looked up.
+GOFIN_NO_SANITIZE inline void MarkWorker::ScanWords(std::uintptr_t lo, std::uintptr_t hi) {
   for (std::uintptr_t p = lo; p < hi; p += sizeof(std::uintptr_t)) {
     const std::uintptr_t w = *reinterpret_cast<const std::uintptr_t*>(p);
-    if (w - heap_lo < heap_size) MarkPointer(w);
+    if (w - heap_lo_ < heap_bytes_) MarkPointerInline(w);
   }
 }
 
 // Go: findObject + greyobject.
-void MarkWorker::MarkPointer(std::uintptr_t p) {
-  const std::uintptr_t ai = (p >> kArenaShift) - arena_lo_;
-  if (ai >= arena_count_ || arenas_ == nullptr) return;
-  const HeapArena* a = arenas_[ai + arena_lo_].load(std::memory_order_relaxed);
-  if (a == nullptr) return;
-  Span* s = a->SpanAt(PageInArena(p));
-  if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return;
+inline void MarkWorker::MarkPointerInline(std::uintptr_t p) {
+  Span* s = last_span_;
+  if (p - last_start_ >= last_bytes_) {
+    const std::uintptr_t ai = (p >> kArenaShift) - arena_lo_;
+    if (ai >= arena_count_ || arenas_ == nullptr) return;
+    const HeapArena* a = arenas_[ai + arena_lo_].load(std::memory_order_relaxed);
+    if (a == nullptr) return;
+    s = a->SpanAt(PageInArena(p));
+    if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return;
+    last_span_ = s;
+    last_start_ = s->start;
+    last_bytes_ = s->limit - s->start;
+  }
   const std::size_t i = s->ObjIndex(p);
   // Already marked is the common case for shared objects: test that before anything else.
   if (s->IsMarked(i) || !s->IsAllocated(i) || !s->TryMark(i)) return;
@@ -286,6 +293,12 @@ void MarkWorker::MarkPointer(std::uintptr_t p) {
   const std::uintptr_t entry = s->large ? base : base | (s->elemsize << kEntrySizeShift);
   if (!queue_.Push(entry)) overflow_.store(true, std::memory_order_relaxed);
 }
+
+GOFIN_NO_SANITIZE void MarkWorker::ScanRange(std::uintptr_t lo, std::uintptr_t hi) {
+  ScanWords(lo, hi);
+}
+
+void MarkWorker::MarkPointer(std::uintptr_t p) { MarkPointerInline(p); }
 
 void MarkWorker::ScanObjectContents(std::uintptr_t base) {
   const Span* s =
@@ -309,10 +322,10 @@ void MarkWorker::ScanObjectContents(std::uintptr_t base) {
   if (!queue_.Push(entry)) ScanRange(base, base + s->elemsize);
 }
 
-void MarkWorker::ScanObject(std::uintptr_t entry) {
+GOFIN_NO_SANITIZE inline void MarkWorker::ScanObject(std::uintptr_t entry) {
   const std::uintptr_t obj = entry & kEntryAddressMask;
   if (const std::uintptr_t size = entry >> kEntrySizeShift; size != 0) {
-    ScanRange(obj, obj + size);
+    ScanWords(obj, obj + size);
     return;
   }
   Span* s = g_heap.arenas.SpanOf(obj);

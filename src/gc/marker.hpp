@@ -38,16 +38,31 @@ class MarkWorker {
 
  private:
   // entry: a work-queue entry (an address, tagged with the size for small objects).
-  void ScanObject(std::uintptr_t entry);
+  inline void ScanObject(std::uintptr_t entry);
+  // The bodies of MarkPointer and ScanRange, inlined into the drain loop: the mark loop is
+  // bound by instructions per object (a 16-byte object is two words), and a call per word
+  // costs as much as the test it makes.
+  inline void MarkPointerInline(std::uintptr_t p);
+  inline void ScanWords(std::uintptr_t lo, std::uintptr_t hi);
 
   WorkQueue& queue_;
   std::atomic<bool>& overflow_;
   std::uint64_t bytes_marked_ = 0;
   const Span* hint_ = nullptr;
+  // The span the last marked pointer fell in: neighbouring objects point at each other (a
+  // structure is mostly allocated in order), so the next pointer is often in it too and
+  // needs no arena or page lookup. Spans do not change while the world is stopped.
+  Span* last_span_ = nullptr;
+  std::uintptr_t last_start_ = 0;
+  std::uintptr_t last_bytes_ = 0;
   // The arena index as of this phase: no arena is added while the world is stopped.
   const std::atomic<HeapArena*>* arenas_ = nullptr;
   std::uintptr_t arena_lo_ = 0;
   std::uintptr_t arena_count_ = 0;
+  // The arenas' address range, [heap_lo_, heap_lo_ + heap_bytes_): a word outside it is no
+  // pointer into the heap.
+  std::uintptr_t heap_lo_ = 0;
+  std::uintptr_t heap_bytes_ = 0;
 };
 
 // Go: markrootSpans, the finalizer queue root and friends, supplied by the layers above: each
