@@ -47,6 +47,10 @@ enum class FinalizerTarget { kHeap, kGlobal };
 // Go's checks, in Go's order; throws gofin::Error with Go's message.
 FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok);
 void AddFinalizer(const void* obj, FinalizerInvoke invoke, void* ctx);
+// CheckFinalizerTarget then AddFinalizer with one span lookup, for finalizers that need no box
+// allocated in between: kGlobal (nothing attached) or kHeap (attached).
+FinalizerTarget AddFinalizerChecked(const void* obj, bool inner_ok, FinalizerInvoke invoke,
+                                    void* ctx);
 void RemoveFinalizer(const void* obj);
 void ReportFinalizerException(std::exception_ptr e) noexcept;
 
@@ -91,24 +95,30 @@ void SetFinalizer(T* obj, F&& finalizer) {
                 "take `auto*` or `T*`");
   static_assert(std::is_move_constructible_v<Fn> || std::is_copy_constructible_v<Fn>,
                 "gofin::SetFinalizer: the finalizer must be movable or copyable");
-  if (detail::CheckFinalizerTarget(obj, detail::InnerPointerOk<T>()) ==
-      detail::FinalizerTarget::kGlobal) {
-    return;  // Go: a global never becomes unreachable; setting is a no-op
-  }
+  // Go: a global never becomes unreachable; setting a finalizer on one is a no-op (kGlobal).
   if constexpr (std::is_pointer_v<Fn> && std::is_function_v<std::remove_pointer_t<Fn>>) {
     if constexpr (std::is_pointer_v<std::remove_cvref_t<F>>) {
       // A function pointer may be nil (Go's SetFinalizer(obj, nil) removes); a function
       // named directly never is.
       if (finalizer == nullptr) {
-        detail::RemoveFinalizer(obj);
+        if (detail::CheckFinalizerTarget(obj, detail::InnerPointerOk<T>()) ==
+            detail::FinalizerTarget::kHeap) {
+          detail::RemoveFinalizer(obj);
+        }
         return;
       }
     }
-    detail::AddFinalizer(obj, &detail::InvokeFunction<T, Fn>,
-                         reinterpret_cast<void*>(finalizer));  // NOLINT
+    (void)detail::AddFinalizerChecked(obj, detail::InnerPointerOk<T>(),
+                                      &detail::InvokeFunction<T, Fn>,
+                                      reinterpret_cast<void*>(finalizer));  // NOLINT
   } else if constexpr (std::is_empty_v<Fn> && std::is_trivially_default_constructible_v<Fn>) {
-    detail::AddFinalizer(obj, &detail::InvokeStateless<T, Fn>, nullptr);
+    (void)detail::AddFinalizerChecked(obj, detail::InnerPointerOk<T>(),
+                                      &detail::InvokeStateless<T, Fn>, nullptr);
   } else {
+    if (detail::CheckFinalizerTarget(obj, detail::InnerPointerOk<T>()) ==
+        detail::FinalizerTarget::kGlobal) {
+      return;
+    }
     auto* box = New<detail::FinalizerBox<T, Fn>>(std::forward<F>(finalizer));
     detail::AddFinalizer(obj, &detail::FinalizerBox<T, Fn>::Invoke, box);
     KeepAlive(box);

@@ -122,24 +122,47 @@ FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok) {
   return FinalizerTarget::kHeap;
 }
 
-void AddFinalizer(const void* obj, FinalizerInvoke invoke, void* ctx) {
+namespace {
+// Attaches a finalizer record after the target checks that inner_ok asks for (none when the
+// caller made them already). Go checks the block first; one span lookup answers everything.
+FinalizerTarget AttachFinalizer(const void* obj, bool check, bool inner_ok, FinalizerInvoke invoke,
+                                void* ctx) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
   InitFinalizers();
   auto* s = static_cast<SpecialFinalizer*>(NewSpecial(SpecialKind::kFinalizer));
   s->invoke = invoke;
   s->ctx = ctx;
-  // Go checks the block first; one lookup here answers both questions.
-  switch (AddSpecialToAllocated(obj, s)) {
-    case AddResult::kAdded:
-      break;
+  const AddResult r = check ? AddSpecialChecked(obj, s, inner_ok) : AddSpecialToAllocated(obj, s);
+  if (r == AddResult::kAdded) [[likely]] {
+    KeepAlive(ctx);
+    return FinalizerTarget::kHeap;
+  }
+  FreeSpecialRecord(s);
+  switch (r) {
+    case AddResult::kNotInHeap:
+      if (InDataSegment(obj)) return FinalizerTarget::kGlobal;
+      throw Error("runtime.SetFinalizer: pointer not in allocated block");
+    case AddResult::kNotAtStart:
+      throw Error("runtime.SetFinalizer: pointer not at beginning of allocated block");
     case AddResult::kObjectFree:
-      FreeSpecialRecord(s);
       throw Error("runtime.SetFinalizer: pointer not in allocated block");
     case AddResult::kAlreadySet:
-      FreeSpecialRecord(s);
       throw Error("runtime.SetFinalizer: finalizer already set");
+    case AddResult::kAdded:
+      break;
   }
-  KeepAlive(ctx);
+  return FinalizerTarget::kHeap;
+}
+}  // namespace
+
+void AddFinalizer(const void* obj, FinalizerInvoke invoke, void* ctx) {
+  AttachFinalizer(obj, /*check=*/false, /*inner_ok=*/true, invoke, ctx);
+}
+
+FinalizerTarget AddFinalizerChecked(const void* obj, bool inner_ok, FinalizerInvoke invoke,
+                                    void* ctx) {
+  if (obj == nullptr) throw Error("runtime.SetFinalizer: first argument is nil");
+  return AttachFinalizer(obj, /*check=*/true, inner_ok, invoke, ctx);
 }
 
 void RemoveFinalizer(const void* obj) {

@@ -429,10 +429,18 @@ void FreeSpecialRecord(Special* s) {
 }
 
 AddResult AddSpecialToAllocated(const void* p, Special* s) {
+  const AddResult r = AddSpecialChecked(p, s, /*inner_ok=*/true);
+  return r == AddResult::kNotInHeap ? AddResult::kObjectFree : r;
+}
+
+AddResult AddSpecialChecked(const void* p, Special* s, bool inner_ok) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   const SweptSpanScope scope(addr);
   Span* span = scope.get();
-  if (span == nullptr || SlotIsFree(span, span->ObjIndex(addr))) return AddResult::kObjectFree;
+  if (span == nullptr) return AddResult::kNotInHeap;
+  const std::size_t index = span->ObjIndex(addr);
+  if (!inner_ok && addr != span->ObjBase(index)) return AddResult::kNotAtStart;
+  if (SlotIsFree(span, index)) return AddResult::kObjectFree;
   s->offset = static_cast<std::uint32_t>(addr - span->start);
   bool added = false;
   {

@@ -74,8 +74,12 @@ void FreeSpecialRecord(Special* s);
 // Go: addspecial. Attaches s to the object containing p (a heap address), unless the
 // object's slot is free (see ObjectIsFree) or it already has a record of that kind at that
 // exact address.
-enum class AddResult : std::uint8_t { kAdded, kAlreadySet, kObjectFree };
+enum class AddResult : std::uint8_t { kAdded, kAlreadySet, kObjectFree, kNotInHeap, kNotAtStart };
 AddResult AddSpecialToAllocated(const void* p, Special* s);
+// The same, after SetFinalizer's checks of p in Go's order, answered by the same span lookup:
+// kNotInHeap when p is in no heap span, kNotAtStart when p is not the first byte of its object
+// and inner_ok is false (only tiny objects may be targeted inside their block).
+AddResult AddSpecialChecked(const void* p, Special* s, bool inner_ok);
 // AddSpecialToAllocated(p, s) == kAdded.
 bool AddSpecial(const void* p, Special* s);
 // Go: removespecial. Unlinks and returns the record of `kind` at exactly p, or nullptr.
