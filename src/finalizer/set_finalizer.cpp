@@ -67,9 +67,11 @@ void MarkFinalizerSpecial(Special* s, std::uintptr_t object_base, MarkWorker& w)
 // Go: queuefinalizer, for every finalizer a span's sweep found ready: one lock, one wake-up.
 void FinalizersReady(Special* list, std::uintptr_t span_start, std::size_t /*size*/) {
   FinalizerQueueBatch batch;
-  for (Special* s = list; s != nullptr; s = s->next) {
-    auto* f = static_cast<SpecialFinalizer*>(s);
-    batch.Add(reinterpret_cast<void*>(span_start + s->offset), f->invoke, f->ctx);
+  while (list != nullptr) {
+    auto* f = static_cast<SpecialFinalizer*>(list);
+    list = list->next;
+    batch.Add(reinterpret_cast<void*>(span_start + f->offset), f->invoke, f->ctx);
+    FreeSpecialRecord(f);
   }
 }
 

@@ -290,8 +290,13 @@ void MarkSpecials(MarkWorker& w, std::atomic<std::size_t>& next_unit) {
 
 // Go: the specials part of mspan.sweep, with its two passes per dead object.
 void SweepSpecials(Span* s) {
-  Special* dead = nullptr;  // records to hand to their kinds after the lock is dropped
-  Special** dead_tail = &dead;
+  // Records to hand to their kinds after the lock is dropped: one list per kind that takes a
+  // span's records as one batch, and one list in (offset, kind) order for the others.
+  Special* batch[kNumSpecialKinds] = {};
+  Special** batch_tail[kNumSpecialKinds];
+  for (std::size_t k = 0; k < kNumSpecialKinds; ++k) batch_tail[k] = &batch[k];
+  Special* single = nullptr;
+  Special** single_tail = &single;
   {
     std::lock_guard lock(s->specials_lock);
     for (std::size_t i = 0; i < s->nelems && s->special_count != 0; ++i) {
@@ -312,14 +317,20 @@ void SweepSpecials(Span* s) {
       // too.
       while (*link != nullptr) {
         Special* sp = *link;
-        if (!resurrect || g_ops[static_cast<std::size_t>(sp->kind)].resurrects) {
-          *link = sp->next;
-          sp->next = nullptr;
-          *dead_tail = sp;
-          dead_tail = &sp->next;
-          --s->special_count;
-        } else {
+        const auto k = static_cast<std::size_t>(sp->kind);
+        if (resurrect && !g_ops[k].resurrects) {
           link = &sp->next;
+          continue;
+        }
+        *link = sp->next;
+        sp->next = nullptr;
+        --s->special_count;
+        if (g_ops[k].objects_dead != nullptr) {
+          *batch_tail[k] = sp;
+          batch_tail[k] = &sp->next;
+        } else {
+          *single_tail = sp;
+          single_tail = &sp->next;
         }
       }
     }
@@ -327,34 +338,18 @@ void SweepSpecials(Span* s) {
   }
   // Dead records are handed over in (offset, kind) order, as Go's sweep does, except that a
   // kind taking them as one batch (one lock, one wake-up per span for finalizers) gets all of
-  // its records of the span at the end, still in object order.
-  Special* batch[kNumSpecialKinds] = {};
-  Special** batch_tail[kNumSpecialKinds];
-  for (std::size_t k = 0; k < kNumSpecialKinds; ++k) batch_tail[k] = &batch[k];
-  while (dead != nullptr) {
-    Special* sp = dead;
-    dead = sp->next;
-    const auto k = static_cast<std::size_t>(sp->kind);
-    const SpecialKindOps& ops = g_ops[k];
-    if (ops.objects_dead != nullptr) {
-      *batch_tail[k] = sp;
-      batch_tail[k] = &sp->next;
-      continue;
-    }
+  // its records of the span at the end, still in object order, and frees them itself.
+  while (single != nullptr) {
+    Special* sp = single;
+    single = sp->next;
+    const SpecialKindOps& ops = g_ops[static_cast<std::size_t>(sp->kind)];
     if (ops.object_dead != nullptr) {
       ops.object_dead(sp, reinterpret_cast<void*>(s->start + sp->offset), s->elemsize);
     }
     FreeSpecialRecord(sp);
   }
   for (std::size_t k = 0; k < kNumSpecialKinds; ++k) {
-    if (batch[k] == nullptr) continue;
-    *batch_tail[k] = nullptr;
-    g_ops[k].objects_dead(batch[k], s->start, s->elemsize);
-    for (Special* sp = batch[k]; sp != nullptr;) {
-      Special* next = sp->next;
-      FreeSpecialRecord(sp);
-      sp = next;
-    }
+    if (batch[k] != nullptr) g_ops[k].objects_dead(batch[k], s->start, s->elemsize);
   }
 }
 

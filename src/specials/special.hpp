@@ -60,7 +60,8 @@ struct SpecialKindOps {
   // payload. `p` is the exact address the record was set for. The record is freed after.
   void (*object_dead)(Special* s, void* p, std::size_t object_size) = nullptr;
   // The same for all of one span's dead records of the kind at once (linked by next; each
-  // record's object is at span_start + offset), instead of object_dead.
+  // record's object is at span_start + offset), instead of object_dead. It owns the records
+  // and frees each (FreeSpecialRecord) once done with it: one walk over the list.
   void (*objects_dead)(Special* list, std::uintptr_t span_start, std::size_t object_size) = nullptr;
   // True if a record of this kind keeps its object alive for one more cycle (finalizers).
   bool resurrects = false;
