@@ -1,6 +1,7 @@
 #include "gc/work_queue.hpp"
 
 #include <algorithm>
+#include <memory>
 #include <mutex>
 
 #include "heap/os_memory.hpp"
@@ -16,18 +17,20 @@ WorkBuf* WorkPool::GetEmpty() {
     b->n = 0;
     return b;
   }
-  constexpr std::size_t kBatch = 256;  // 1 MiB of buffers at a time
-  if (allocated_ + kBatch * sizeof(WorkBuf) > cap_) return nullptr;
-  void* mem = os::MapMetadata(kBatch * sizeof(WorkBuf));
-  if (mem == nullptr) return nullptr;
-  allocated_ += kBatch * sizeof(WorkBuf);
-  auto* bufs = static_cast<WorkBuf*>(mem);
-  for (std::size_t i = 1; i < kBatch; ++i) {
-    bufs[i].next = empty_;
-    empty_ = &bufs[i];
+  // Buffers are carved from 1 MiB mappings one at a time, when first needed: linking a whole
+  // mapping's buffers into the free list up front would write, and so make resident, a page
+  // per buffer that most programs never use (a depth-first mark needs a handful).
+  if (carve_left_ == 0) {
+    constexpr std::size_t kBatch = 256;
+    if (allocated_ + kBatch * sizeof(WorkBuf) > cap_) return nullptr;
+    void* mem = os::MapMetadata(kBatch * sizeof(WorkBuf));
+    if (mem == nullptr) return nullptr;
+    allocated_ += kBatch * sizeof(WorkBuf);
+    carve_ = static_cast<WorkBuf*>(mem);
+    carve_left_ = kBatch;
   }
-  bufs[0].n = 0;
-  return &bufs[0];
+  --carve_left_;
+  return std::construct_at(carve_++);
 }
 
 void WorkPool::PutEmpty(WorkBuf* b) {

@@ -37,6 +37,8 @@ class WorkPool {
   WorkBuf* empty_ = nullptr;
   std::atomic<std::size_t> nfull_{0};
   std::size_t allocated_ = 0;
+  WorkBuf* carve_ = nullptr;  // the untouched rest of the last mapping
+  std::size_t carve_left_ = 0;
   std::size_t cap_ = std::size_t{256} << 20;
 };
 
