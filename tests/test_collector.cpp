@@ -368,8 +368,8 @@ TEST(Collector, GCReturnsOnlyAfterAllDestructorsRan) {
     InThread([&] { slow_dtor::MakeSlowGarbage(n); });
     expected += n;
     CollectClean();
-    EXPECT_EQ(Load(g_dtors), expected) << "GC() returned before its destructors ran (round "
-                                       << round << ")";
+    EXPECT_EQ(Load(g_dtors), expected)
+        << "GC() returned before its destructors ran (round " << round << ")";
   }
   stop.store(true);
   noise.join();
@@ -485,10 +485,10 @@ TEST(Collector, MemStatsRelationsHold) {
   const gofin::MemStats m0 = gofin::ReadMemStats();
   ExpectHeapRelations(m0, "m0");
   EXPECT_NE(m0.LastGC, 0U) << "LastGC is zero after a GC";
-  const auto now_ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count());
+  const auto now_ns =
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count());
   EXPECT_LE(m0.LastGC, now_ns) << "LastGC is in the future (it is Unix nanoseconds)";
   EXPECT_GE(m0.LastGC, now_ns - 60ULL * 1000000000ULL) << "LastGC is not Unix nanoseconds";
   EXPECT_GT(m0.PauseTotalNs, 0U);

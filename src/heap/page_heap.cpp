@@ -78,8 +78,8 @@ bool PageHeap::Grow(std::size_t npages, ArenaIndex& index) {
   // Everything that can fail comes first, so that a refusal leaves the heap as it was.
   const std::size_t narenas = bytes / kArenaSize;
   Span* s = span_alloc_.TryAlloc();
-  auto* meta = static_cast<char*>(s == nullptr ? nullptr
-                                               : os::MapMetadata(narenas * sizeof(HeapArena)));
+  auto* meta =
+      static_cast<char*>(s == nullptr ? nullptr : os::MapMetadata(narenas * sizeof(HeapArena)));
   if (meta == nullptr) {
     if (s != nullptr) span_alloc_.Free(s);
     os::Unmap(mem, bytes);
