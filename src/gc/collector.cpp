@@ -256,8 +256,8 @@ namespace {
 // below the caller first means those frames are built on zeros. Bounded by the room the
 // thread's stack has left, so a small stack is never overrun.
 [[gnu::noinline]] void ClearDeadStack() {
-  constexpr std::size_t kClearBytes = 8 * 1024;
-  constexpr std::size_t kKeepFree = 32 * 1024;  // what the collection itself may need below
+  constexpr std::size_t kClearBytes = std::size_t{8} * 1024;
+  constexpr std::size_t kKeepFree = std::size_t{32} * 1024;  // what the collection may need below
   const internal::ThreadRecord* self = internal::CurrentThreadRecord();
   const auto sp = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   if (self == nullptr || sp < self->stack_lo + kClearBytes + kKeepFree) return;
