@@ -133,7 +133,7 @@ void ForEachMarkedScanObject(MarkWorker& w) {
 
 void RunWorker(MarkPhase& ph, int id) {
   WorkQueue q(ph.pool);
-  MarkWorker w(q, ph.overflow);
+  MarkWorker w(q, ph.overflow, /*exclusive=*/ph.nworkers == 1);
   if (ph.rescan) {
     if (id == 0) ForEachMarkedScanObject(w);
   } else {
@@ -251,9 +251,10 @@ void AddParallelRootsHook(ParallelRootsFn fn) {
   }
 }
 
-MarkWorker::MarkWorker(WorkQueue& q, std::atomic<bool>& overflow)
+MarkWorker::MarkWorker(WorkQueue& q, std::atomic<bool>& overflow, bool exclusive)
     : queue_(q),
       overflow_(overflow),
+      exclusive_(exclusive),
       arenas_(g_heap.arenas.Entries()),
       arena_lo_(g_heap.arenas.LoIndex()),
       arena_count_(g_heap.arenas.HiIndex() > g_heap.arenas.LoIndex()
@@ -286,7 +287,13 @@ inline void MarkWorker::MarkPointerInline(std::uintptr_t p) {
   }
   const std::size_t i = s->ObjIndex(p);
   // Already marked is the common case for shared objects: test that before anything else.
-  if (s->IsMarked(i) || !s->IsAllocated(i) || !s->TryMark(i)) return;
+  if (s->IsMarked(i) || !s->IsAllocated(i)) return;
+  // A locked bit-set costs as much as the rest of marking an object; a lone worker needs none.
+  if (exclusive_) {
+    s->SetMarkNonAtomic(i);
+  } else if (!s->TryMark(i)) {
+    return;
+  }
   bytes_marked_ += s->elemsize;
   if (s->spanclass.NoScan()) return;
   const std::uintptr_t base = s->ObjBase(i);

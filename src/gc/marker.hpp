@@ -18,7 +18,9 @@ class PhaseState;
 // One mark worker's view: its queue and counters. The specials layer marks through it.
 class MarkWorker {
  public:
-  MarkWorker(WorkQueue& q, std::atomic<bool>& overflow);
+  // exclusive: the only worker of its phase, so it may set mark bits without a locked
+  // instruction (nothing else marks while the world is stopped).
+  MarkWorker(WorkQueue& q, std::atomic<bool>& overflow, bool exclusive = false);
 
   // Go: scanblock. Every word of [lo, hi) that points into an allocated object greys it.
   void ScanRange(std::uintptr_t lo, std::uintptr_t hi);
@@ -49,6 +51,7 @@ class MarkWorker {
   std::atomic<bool>& overflow_;
   std::uint64_t bytes_marked_ = 0;
   const Span* hint_ = nullptr;
+  bool exclusive_ = false;
   // The span the last marked pointer fell in: neighbouring objects point at each other (a
   // structure is mostly allocated in order), so the next pointer is often in it too and
   // needs no arena or page lookup. Spans do not change while the world is stopped.
