@@ -38,6 +38,7 @@
 #include <utility>
 #include <vector>
 
+#include "finalizer/finalizer_queue.hpp"
 #include "heap/malloc.hpp"
 
 namespace {
@@ -1053,6 +1054,43 @@ TEST(FinalizerOnGlobal, SetAndRemoveAreSilentNoOps) {
   GCAndDrain();
   GCAndDrain();
   EXPECT_EQ(Load(g_global_fin), 0) << "a global never becomes unreachable";
+}
+
+namespace {
+void GlobalFinalizerFn(long* /*unused*/) {}
+
+bool FinalizerThreadCreated() {
+  return (gofin::internal::FinalizerThreadStatus() & gofin::internal::kFingCreated) != 0;
+}
+}  // namespace
+
+// Go's SetFinalizer returns for a global before createfing, and a call that fails never gets
+// there: a program whose finalizers all target globals has no finalizer thread. Each case runs
+// in a fresh process (the threadsafe death-test style re-executes this binary).
+TEST(FinalizerOnGlobalDeathTest, StartsNoFinalizerThread) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        gofin::SetFinalizer(&g_foo2, [](Object2*) {});        // stateless lambda
+        gofin::SetFinalizer(&g_data_long, &GlobalFinalizerFn);  // function pointer
+        int captured = 1;
+        gofin::SetFinalizer(&g_foo2, [captured](Object2*) { (void)captured; });  // boxed
+        try {
+          gofin::SetFinalizer(static_cast<long*>(nullptr), &GlobalFinalizerFn);
+        } catch (const gofin::Error&) {
+        }
+        std::_Exit(FinalizerThreadCreated() ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
+  // The status bit the case above reads is set once a finalizer is really attached.
+  EXPECT_EXIT(
+      {
+        long* heap = gofin::New<long>();
+        gofin::SetFinalizer(heap, &GlobalFinalizerFn);
+        gofin::KeepAlive(heap);
+        std::_Exit(FinalizerThreadCreated() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -93,8 +93,18 @@ void InitFinalizersOnce() {
   RegisterSpecialKind(SpecialKind::kFinalizer, ops);
   AddExtraRootsHook(&MarkFinalizerQueueRoots);
   InitSpecials();
-  CreateFinalizerThread();
   g_finalizers_ready.store(true, std::memory_order_release);
+}
+
+// Go: createfing, called once a finalizer is really set: a SetFinalizer on a global (a no-op)
+// or one that fails starts no thread.
+constinit std::atomic<bool> g_fing_started{false};
+
+void StartFinalizerThreadOnce() {
+  std::lock_guard lock(g_init_lock);
+  if (g_fing_started.load(std::memory_order_relaxed)) return;
+  CreateFinalizerThread();
+  g_fing_started.store(true, std::memory_order_release);
 }
 
 // call_once costs a pthread_once per SetFinalizer; after the first, one acquire load.
@@ -136,6 +146,8 @@ FinalizerTarget AttachFinalizer(const void* obj, bool check, bool inner_ok, Fina
   s->ctx = ctx;
   const AddResult r = check ? AddSpecialChecked(obj, s, inner_ok) : AddSpecialToAllocated(obj, s);
   if (r == AddResult::kAdded) [[likely]] {
+    if (!g_fing_started.load(std::memory_order_acquire)) [[unlikely]]
+      StartFinalizerThreadOnce();
     KeepAlive(ctx);
     return FinalizerTarget::kHeap;
   }
