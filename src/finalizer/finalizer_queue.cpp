@@ -21,25 +21,6 @@ namespace gofin::internal {
 
 namespace {
 
-// Go: finalizer (the queued record).
-struct QueuedFinalizer {
-  void* obj;
-  FinalizerInvoke invoke;
-  void* ctx;
-};
-
-// Go: finblock. 4 KiB, off the GC heap.
-struct FinBlock {
-  static constexpr std::size_t kRecords = (4096 - 64) / sizeof(QueuedFinalizer);
-  FinBlock* alllink = nullptr;  // every block ever made: the marker scans them all
-  FinBlock* next = nullptr;     // finq or finc
-  // Records [0, cnt) are live. The finalizer thread lowers cnt before running a record, so
-  // the block stops rooting it; the thread's own stack roots it while it runs. Relaxed: the
-  // marker reads it with the world stopped.
-  std::atomic<std::uint32_t> cnt{0};
-  QueuedFinalizer fin[kRecords] = {};
-};
-
 struct FinState {
   std::mutex lock;  // Go: finlock
   std::condition_variable wake;
@@ -170,12 +151,22 @@ void RunFinalizers() {
 
 FinalizerQueueBatch::FinalizerQueueBatch() { State().lock.lock(); }
 
-void FinalizerQueueBatch::Add(void* obj, FinalizerInvoke invoke, void* ctx) {
+void FinalizerQueueBatch::Publish() {
+  if (block_ == nullptr) return;
+  const auto n = static_cast<std::uint32_t>(next_ - &block_->fin[0]);
+  added_ += n - block_->cnt.load(std::memory_order_relaxed);
+  block_->cnt.store(n, std::memory_order_relaxed);
+}
+
+void FinalizerQueueBatch::NextBlock() {
+  Publish();
   FinState& st = State();
-  if (st.finq == nullptr || st.finq->cnt.load(std::memory_order_relaxed) == FinBlock::kRecords) {
-    FinBlock* b = st.finc;
+  FinBlock* b = st.finq;
+  if (b == nullptr || b->cnt.load(std::memory_order_relaxed) == FinBlock::kRecords) {
+    b = st.finc;
     if (b != nullptr) {
       st.finc = b->next;
+      b->cnt.store(0, std::memory_order_relaxed);
     } else {
       b = st.blocks.Alloc();
       b->alllink = st.allfin;
@@ -184,14 +175,13 @@ void FinalizerQueueBatch::Add(void* obj, FinalizerInvoke invoke, void* ctx) {
     b->next = st.finq;
     st.finq = b;
   }
-  FinBlock* b = st.finq;
-  const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
-  b->fin[n] = QueuedFinalizer{obj, invoke, ctx};
-  b->cnt.store(n + 1, std::memory_order_relaxed);
-  ++added_;
+  block_ = b;
+  next_ = &b->fin[b->cnt.load(std::memory_order_relaxed)];
+  end_ = &b->fin[FinBlock::kRecords];
 }
 
 FinalizerQueueBatch::~FinalizerQueueBatch() {
+  Publish();
   FinState& st = State();
   if (added_ != 0) {
     // Counted before the finalizer thread can see the records (it takes the lock first), so
