@@ -105,7 +105,9 @@ void InThread(F&& f) {
 // Addresses kept where the collector looks (globals, the test's frame) are stored XOR this
 // mask: the result is a non-canonical address, never inside the heap.
 volatile std::uintptr_t g_mask = 0x5a5a000000000000ULL;
-std::uintptr_t Encode(const volatile void* p) { return reinterpret_cast<std::uintptr_t>(p) ^ g_mask; }
+std::uintptr_t Encode(const volatile void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) ^ g_mask;
+}
 std::uintptr_t Encode(std::uintptr_t p) { return p ^ g_mask; }
 
 std::uintptr_t BaseOf(const void* p) { return gofin::internal::FindObject(p).base; }
@@ -396,8 +398,8 @@ TEST_F(Specials, SweepDeliversRecordsInOffsetKindOrder) {
   const std::vector<DeadEvent> ev = DeadEvents();
   ASSERT_EQ(ev.size(), 32U) << "every record of the dead object is delivered once";
   for (std::size_t i = 0; i < ev.size(); ++i) {
-    const std::uint32_t in_obj = static_cast<std::uint32_t>(Encode(ev[i].addr_enc) -
-                                                            Encode(base_enc.load()));
+    const std::uint32_t in_obj =
+        static_cast<std::uint32_t>(Encode(ev[i].addr_enc) - Encode(base_enc.load()));
     EXPECT_EQ(in_obj, static_cast<std::uint32_t>(i / 4) * 8) << "event " << i;
     EXPECT_EQ(ev[i].kind, kKinds[i % 4]) << "event " << i;
     EXPECT_EQ(ev[i].size, elemsize.load()) << "event " << i;
@@ -470,8 +472,8 @@ TEST_F(Specials, TinyBlockOffsets) {
     ASSERT_NE(s[i], nullptr) << i;
     EXPECT_EQ(s[i]->offset, static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(objs[i]) -
                                                        SpanStartOf(objs[i])));
-    EXPECT_EQ(s[i]->offset % 16, static_cast<std::uint32_t>(
-                                     reinterpret_cast<std::uintptr_t>(objs[i]) - base));
+    EXPECT_EQ(s[i]->offset % 16,
+              static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(objs[i]) - base));
   }
   Special* cleanup_mid = Add(objs[1], SpecialKind::kCleanup);
   ASSERT_NE(cleanup_mid, nullptr);
@@ -729,4 +731,49 @@ TEST_F(Specials, RecordCachesOfExitedThreadsAreReturned) {
   // A leak of even one record per thread would add 2,000.
   EXPECT_LT(fin1, fin0 + 200) << "finalizer records stranded in exited threads' caches";
   EXPECT_LT(cln1, cln0 + 200) << "cleanup records stranded in exited threads' caches";
+}
+
+// A sweep that frees a million records hands them to the shared stack of chains, which has no
+// cap: records come back whole to the next thread that wants them, not from fresh fixalloc
+// memory, and each comes back default-constructed (the chains are linked through the first
+// record's storage).
+TEST_F(Specials, RecordsFreedInBulkComeBackThroughTheSharedChains) {
+  using gofin::internal::SpecialFinalizer;
+  using gofin::internal::SpecialRecordsOutstanding;
+  constexpr int kRecords = 50000;  // more than the 1,024 chains of 32 the stack once held
+  std::vector<Special*> taken;
+  taken.reserve(kRecords);
+  auto take_all = [&] {
+    gofin::ThreadScope scope;
+    for (int i = 0; i < kRecords; ++i) taken.push_back(NewSpecial(SpecialKind::kFinalizer));
+  };
+  auto give_all = [&] {
+    gofin::ThreadScope scope;
+    for (Special* s : taken) {
+      auto* f = static_cast<SpecialFinalizer*>(s);
+      f->ctx = &taken;  // payload a reused record must not carry back
+      f->invoke = [](void*, void*) {};
+      FreeSpecialRecord(s);
+    }
+    taken.clear();
+  };
+  std::thread(take_all).join();
+  std::thread(give_all).join();
+  const std::size_t before = SpecialRecordsOutstanding(SpecialKind::kFinalizer);
+  int bad = 0;
+  std::thread([&] {
+    take_all();
+    for (Special* s : taken) {
+      const auto* f = static_cast<const SpecialFinalizer*>(s);
+      if (s->kind != SpecialKind::kFinalizer || s->next != nullptr || f->ctx != nullptr ||
+          f->invoke != nullptr) {
+        ++bad;
+      }
+    }
+  }).join();
+  const std::size_t after = SpecialRecordsOutstanding(SpecialKind::kFinalizer);
+  EXPECT_EQ(bad, 0) << "reused records must come back default-constructed";
+  // Taking them again draws (almost) nothing new from the fixalloc.
+  EXPECT_LT(after, before + 100) << "records freed in bulk did not come back through the chains";
+  std::thread(give_all).join();
 }
