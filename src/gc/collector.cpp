@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "gc/generations.hpp"
 #include "gc/marker.hpp"
 #include "gc/pacer.hpp"
 #include "gc/preemptible_mutex.hpp"
@@ -101,16 +102,19 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   StopTheWorld();
   const std::uint64_t t1 = NowNs();
   FlushAllCaches();
+  const bool minor = BeginCycle(forced);
   AddThreadRoots(roots, sp, cycle.scan_own_stack);
   CollectUserRoots(roots);
-  const MarkResult mark = Mark(roots);
+  const MarkResult mark = Mark(roots, minor ? 1 : 256);
+  const CycleLive cycle_live = EndCycle(minor, mark.bytes_marked);
+  const std::uint64_t live = cycle_live.live;
   const std::uint64_t t2 = NowNs();
   std::uint64_t non_heap = 0;
   {
     std::lock_guard lock(g_heap.lock);
     non_heap = g_heap.pages.MetadataBytes();
   }
-  ThePacer().EndCycle(mark.bytes_marked, non_heap);
+  ThePacer().EndCycle(live, cycle_live.goal_basis, non_heap);
   // release: a sweeper that reads the new sweepgen sees this cycle's mark bits.
   g_heap.sweepgen.fetch_add(2, std::memory_order_release);
   const std::uint64_t n = g_num_gc.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -149,9 +153,9 @@ void RunCycle(void* arg, std::uintptr_t sp) {
         static_cast<double>(t2 - t1) / ms,
         static_cast<double>((t2 - t1) * static_cast<std::uint64_t>(mark.workers - 1)) / ms,
         static_cast<double>(t3 - t2) / ms, static_cast<unsigned long long>(heap_before >> 20),
-        static_cast<unsigned long long>(mark.bytes_marked >> 20),
-        static_cast<unsigned long long>(mark.bytes_marked >> 20),
-        static_cast<unsigned long long>(goal >> 20), mark.workers, forced ? " (forced)" : "");
+        static_cast<unsigned long long>(live >> 20), static_cast<unsigned long long>(live >> 20),
+        static_cast<unsigned long long>(goal >> 20), mark.workers,
+        forced ? " (forced)" : (minor ? " (minor)" : ""));
   }
 }
 
@@ -165,6 +169,7 @@ void AfterForkInChild() {
   ResetUserRootsAfterFork();
   ResetMarkWorkersAfterFork();
   ResetSweeperAfterFork();
+  ResetGenerationsAfterFork();
   std::construct_at(&GcLock());
 }
 
@@ -198,6 +203,7 @@ void EnsureCollectorInitialized() {
     ThePacer().InitFromEnv();
     InitStopTheWorld();
     InitMarkWorkers(workers);
+    InitGenerations();
     pthread_atfork(nullptr, nullptr, &AfterForkInChild);
   });
 }

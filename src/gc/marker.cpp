@@ -383,9 +383,9 @@ void ResetMarkWorkersAfterFork() {
   g_pool = new WorkerPool();  // NOLINT: lives for the process
 }
 
-MarkResult Mark(const RootRangeList& roots) {
+MarkResult Mark(const RootRangeList& roots, int max_workers) {
   MarkPhase& ph = Phase();
-  const int workers = Pool().threads + 1;
+  const int workers = std::max(1, std::min(Pool().threads + 1, max_workers));
   ph.roots = &roots;
   ph.bytes_marked.store(0, std::memory_order_relaxed);
   ph.overflow.store(false, std::memory_order_relaxed);

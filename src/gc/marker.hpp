@@ -87,7 +87,8 @@ struct MarkResult {
 // Starts the worker threads (before any stop: thread creation may allocate).
 void InitMarkWorkers(int nworkers);
 void ResetMarkWorkersAfterFork();
-// The mark phase; the world is stopped and roots holds every root range.
-MarkResult Mark(const RootRangeList& roots);
+// The mark phase; the world is stopped and roots holds every root range. max_workers caps the
+// workers (a minor cycle's mark is small: waking helpers costs more than they save).
+MarkResult Mark(const RootRangeList& roots, int max_workers = 256);
 
 }  // namespace gofin::internal

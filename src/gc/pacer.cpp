@@ -20,6 +20,7 @@ constinit std::atomic<int> g_gcpercent{100};
 constinit std::atomic<std::int64_t> g_memlimit{kNoMemoryLimit};
 constinit std::atomic<std::uint64_t> g_goal{kHeapMinimum};
 constinit std::atomic<std::uint64_t> g_non_heap{0};
+constinit std::atomic<std::uint64_t> g_goal_basis{UINT64_MAX};
 
 // Go: parseByteCount (GOMEMLIMIT): a number with an optional B/KiB/MiB/GiB/TiB suffix.
 std::int64_t ParseByteCount(const char* s) {
@@ -73,10 +74,14 @@ void Pacer::Recompute(std::uint64_t non_heap_sys) {
   g_non_heap.store(non_heap_sys, std::memory_order_relaxed);
   const int percent = g_gcpercent.load(std::memory_order_relaxed);
   const std::uint64_t marked = g_heap.heap_marked.load(std::memory_order_relaxed);
+  const std::uint64_t basis = std::min(marked, g_goal_basis.load(std::memory_order_relaxed));
   std::uint64_t goal = UINT64_MAX;
   if (percent >= 0) {
     const std::uint64_t minimum = kHeapMinimum * static_cast<std::uint64_t>(percent) / 100;
-    goal = std::max(marked + marked * static_cast<std::uint64_t>(percent) / 100, minimum);
+    const std::uint64_t room = basis * static_cast<std::uint64_t>(percent) / 100;
+    // After a minor cycle, marked exceeds basis by the old objects that may have died: the
+    // goal stays the full mark's, with never less than a quarter of the usual room left.
+    goal = std::max({basis + room, marked + room / 4, minimum});
   }
   const std::int64_t limit = g_memlimit.load(std::memory_order_relaxed);
   if (limit != kNoMemoryLimit) {
@@ -92,7 +97,9 @@ void Pacer::Recompute(std::uint64_t non_heap_sys) {
   g_heap.gc_trigger.store(goal, std::memory_order_relaxed);
 }
 
-void Pacer::EndCycle(std::uint64_t heap_marked, std::uint64_t non_heap_sys) {
+void Pacer::EndCycle(std::uint64_t heap_marked, std::uint64_t goal_basis,
+                     std::uint64_t non_heap_sys) {
+  g_goal_basis.store(goal_basis, std::memory_order_relaxed);
   g_heap.heap_marked.store(heap_marked, std::memory_order_relaxed);
   g_heap.heap_live.store(heap_marked, std::memory_order_relaxed);
   Recompute(non_heap_sys);

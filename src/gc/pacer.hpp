@@ -10,8 +10,10 @@ class Pacer {
  public:
   void InitFromEnv();  // GOFIN_GOGC, GOFIN_MEMLIMIT
   // Called at mark termination with the bytes the mark found live; sets heap_live, the goal
-  // and the trigger in g_heap.
-  void EndCycle(std::uint64_t heap_marked, std::uint64_t non_heap_sys);
+  // and the trigger in g_heap. goal_basis is the live heap the goal grows from: heap_marked
+  // after a full mark; after a minor one (gc/generations.hpp) the last full mark's, since
+  // heap_marked then includes old objects that died unseen and Go's goal would not count them.
+  void EndCycle(std::uint64_t heap_marked, std::uint64_t goal_basis, std::uint64_t non_heap_sys);
   int SetGCPercent(int percent);
   std::int64_t SetMemoryLimit(std::int64_t limit);
   [[nodiscard]] std::uint64_t Goal() const;

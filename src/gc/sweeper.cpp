@@ -6,6 +6,7 @@
 #include <mutex>
 #include <thread>
 
+#include "gc/generations.hpp"
 #include "heap/central.hpp"
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
@@ -148,7 +149,11 @@ bool SweepSpan(Span* s, bool preserve) {
   const std::size_t sizeclass = s->spanclass.SizeClass();
   if (s->large) {
     if (s->IsMarked(0)) {
-      s->mark_bits[0] = 0;
+      if (SweepKeepsMarks()) {
+        AddOldBytes(s->elemsize);
+      } else {
+        s->mark_bits[0] = 0;
+      }
       s->sweepgen.store(sg, std::memory_order_release);
       EndSweep();
       if (!preserve) FileSweptSpan(s);
@@ -169,7 +174,13 @@ bool SweepSpan(Span* s, bool preserve) {
   const std::size_t nalloc = PopCount(s->mark_bits, s->nelems);
   const std::size_t nfreed = s->alloc_count - nalloc;
   std::swap(s->alloc_bits, s->mark_bits);
-  std::memset(s->mark_bits, 0, kBitmapBytes + 8);
+  if (SweepKeepsMarks()) {
+    // Sticky marks (gc/generations.hpp): the survivors stay marked as old objects.
+    std::memcpy(s->mark_bits, s->alloc_bits, kBitmapBytes + 8);
+    AddOldBytes(std::uint64_t{nalloc} * s->elemsize);
+  } else {
+    std::memset(s->mark_bits, 0, kBitmapBytes + 8);
+  }
   s->SetFreeIndex(0);
   s->alloc_count = static_cast<std::uint32_t>(nalloc);
   s->RefillAllocCache(0);

@@ -2,6 +2,7 @@
 
 #include <new>
 
+#include "heap/dirty_pages.hpp"
 #include "heap/os_memory.hpp"
 
 namespace gofin::internal {
@@ -94,6 +95,7 @@ bool PageHeap::Grow(std::size_t npages, ArenaIndex& index) {
     index.Add(arena->base, arena);
   }
   hint_arena_ = (base + bytes) >> kArenaShift;
+  dirty::NoteHeapRange(base, bytes);
   sys_ += bytes;
   released_ += bytes;
   // The reservation's base is the value gofin itself computes, passes to mmap and stores, so
