@@ -12,6 +12,8 @@ void GC();
 struct MemStats {
   std::uint64_t Alloc, TotalAlloc, Sys, Mallocs, Frees, HeapAlloc, HeapSys, HeapIdle, HeapInuse,
       HeapReleased, HeapObjects, NextGC, LastGC, PauseTotalNs, NumGC, NumForcedGC;
+  // gofin's addition: how many of the NumGC cycles were minor ones (debug::SetGenerational).
+  std::uint64_t NumMinorGC;
 };
 MemStats ReadMemStats();
 
@@ -21,6 +23,18 @@ namespace debug {
 int SetGCPercent(int percent);
 // Returns the previous limit in bytes; a negative value only reads it.
 std::int64_t SetMemoryLimit(std::int64_t limit);
+
+// gofin's addition (Go's collector is not generational). With it on, a collection the pacer
+// starts may be a minor one: objects that survived a collection are old and are not marked
+// again; only the old objects on pages written since the previous collection are rescanned
+// (the kernel reports the pages: userfaultfd's asynchronous write protection, Linux 6.7+).
+// GC() is always a full collection. Unreachable old objects, with their finalizers, cleanups
+// and weak pointers, wait for the next full collection, at most 16 cycles away. On by default
+// (GOFIN_GENERATIONAL=0 or =off turns it off); where the kernel does not provide the tracking,
+// every collection stays full. Returns the previous setting.
+bool SetGenerational(bool on);
+// Whether minor collections are in effect: the setting is on and the kernel tracks pages.
+bool GenerationalActive();
 }  // namespace debug
 
 }  // namespace gofin

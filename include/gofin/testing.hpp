@@ -14,4 +14,10 @@ bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout);
 enum class StackState { kMayContainHeapPointers, kNoHeapPointers };
 void GC(StackState state);
 
+// A minor collection (debug::SetGenerational) whenever one is possible: generational
+// collection is in effect and the previous collection left its survivors marked. Otherwise a
+// full collection like GC(state). Returns whether it was minor. Like GC(), it returns once
+// the sweep is complete.
+bool MinorGC(StackState state);
+
 }  // namespace gofin::testing

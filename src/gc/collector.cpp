@@ -82,12 +82,14 @@ void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp, bool scan_self
 struct CycleArgs {
   bool forced;
   bool scan_own_stack;
+  CycleKind kind;
+  bool was_minor = false;  // out
 };
 
 // Go: gcStart + gcMarkDone + gcMarkTermination, run on the spilled stack of the thread that
 // triggered the cycle.
 void RunCycle(void* arg, std::uintptr_t sp) {
-  const auto& cycle = *static_cast<CycleArgs*>(arg);
+  auto& cycle = *static_cast<CycleArgs*>(arg);
   const bool forced = cycle.forced;
   const std::uint64_t t0 = NowNs();
   FinishSweep();
@@ -102,7 +104,8 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   StopTheWorld();
   const std::uint64_t t1 = NowNs();
   FlushAllCaches();
-  const bool minor = BeginCycle(forced);
+  const bool minor = BeginCycle(cycle.kind);
+  cycle.was_minor = minor;
   AddThreadRoots(roots, sp, cycle.scan_own_stack);
   CollectUserRoots(roots);
   const MarkResult mark = Mark(roots, minor ? 1 : 256);
@@ -155,7 +158,7 @@ void RunCycle(void* arg, std::uintptr_t sp) {
         static_cast<double>(t3 - t2) / ms, static_cast<unsigned long long>(heap_before >> 20),
         static_cast<unsigned long long>(live >> 20), static_cast<unsigned long long>(live >> 20),
         static_cast<unsigned long long>(goal >> 20), mark.workers,
-        forced ? " (forced)" : (minor ? " (minor)" : ""));
+        minor ? " (minor)" : (forced ? " (forced)" : ""));
   }
 }
 
@@ -173,10 +176,13 @@ void AfterForkInChild() {
   std::construct_at(&GcLock());
 }
 
-void Collect(bool forced, bool scan_own_stack = true) {
+// Returns whether the cycle was a minor one.
+bool Collect(bool forced, bool scan_own_stack = true, CycleKind kind = CycleKind::kPaced) {
   InitMarkWorkers(g_config.workers);  // again after a fork
-  CycleArgs args{forced, scan_own_stack};
+  CycleArgs args{forced, scan_own_stack,
+                 forced && kind == CycleKind::kPaced ? CycleKind::kFull : kind};
   gofin_spill_registers_and_call(&args, &RunCycle);
+  return args.was_minor;
 }
 
 // A collection started from inside a sweep (a destructor) would wait for that sweep.
@@ -271,26 +277,47 @@ namespace {
   explicit_bzero(dead, sizeof(dead));
 }
 
-[[gnu::noinline]] void FullCollection(bool scan_own_stack) {
+[[gnu::noinline]] bool ForcedCollection(bool scan_own_stack, internal::CycleKind kind) {
   internal::RegisterThread();
   // From a destructor the sweeper runs, a collection would wait for itself: do nothing.
-  if (!internal::MayCollectHere()) return;
+  if (!internal::MayCollectHere()) return false;
+  internal::EnsureCollectorInitialized();
   std::lock_guard lock(internal::GcLock());
-  internal::Collect(true, scan_own_stack);
+  const bool minor = internal::Collect(true, scan_own_stack, kind);
   internal::FinishSweep();
+  return minor;
 }
 }  // namespace
 
 void GC() {
   internal::RegisterThread();
   ClearDeadStack();
-  FullCollection(true);
+  ForcedCollection(true, internal::CycleKind::kFull);
 }
 
 void testing::GC(StackState state) {
   internal::RegisterThread();
   ClearDeadStack();
-  FullCollection(state == StackState::kMayContainHeapPointers);
+  ForcedCollection(state == StackState::kMayContainHeapPointers, internal::CycleKind::kFull);
+}
+
+bool testing::MinorGC(StackState state) {
+  internal::RegisterThread();
+  ClearDeadStack();
+  return ForcedCollection(state == StackState::kMayContainHeapPointers,
+                          internal::CycleKind::kMinorIfPossible);
+}
+
+bool debug::SetGenerational(bool on) {
+  internal::RegisterThread();
+  internal::EnsureCollectorInitialized();
+  std::lock_guard lock(internal::GcLock());
+  return internal::SetGenerationalSetting(on);
+}
+
+bool debug::GenerationalActive() {
+  internal::EnsureCollectorInitialized();
+  return internal::GenerationalInEffect();
 }
 
 }  // namespace gofin

@@ -42,7 +42,9 @@ struct Chunk {
 // Written by the collector with the world stopped (BeginCycle, EndCycle, the setting under the
 // collector's lock); read by mark workers during the phase it sets up.
 struct State {
-  bool setting = true;        // debug::SetGenerational / GOFIN_GENERATIONAL
+  // debug::SetGenerational / GOFIN_GENERATIONAL. Relaxed atomic: written under the
+  // collector's lock, read by it and by debug::GenerationalActive from any thread.
+  std::atomic<bool> setting{true};
   bool marks_sticky = false;  // the mark bits hold the previous cycle's survivors
   bool minor = false;         // this cycle's kind, for the mark workers' hook
   std::uint32_t minors_since_major = 0;
@@ -57,8 +59,6 @@ constinit State g_gen{};
 // Relaxed: set with the world stopped, before the sweep generation's release that every
 // sweeper acquires.
 constinit std::atomic<bool> g_sweep_keeps_marks{false};
-// Relaxed: sweeps add concurrently; read after FinishSweep's acquire.
-constinit std::atomic<std::uint64_t> g_swept_old_bytes{0};
 constinit std::atomic<std::uint64_t> g_minor_cycles{0};
 
 bool MapBuffers() {
@@ -234,19 +234,22 @@ void ProtectOldPages(std::uintptr_t lo, std::uintptr_t hi) {
 
 void InitGenerations() {
   if (const char* g = std::getenv("GOFIN_GENERATIONAL")) {
-    g_gen.setting = !(std::strcmp(g, "0") == 0 || std::strcmp(g, "off") == 0);
+    g_gen.setting.store(!(std::strcmp(g, "0") == 0 || std::strcmp(g, "off") == 0),
+                        std::memory_order_relaxed);
   }
   AddParallelRootsHook(&ScanWrittenPages);
-  if (g_gen.setting) TurnTrackingOn();
+  if (g_gen.setting.load(std::memory_order_relaxed)) TurnTrackingOn();
 }
 
-bool BeginCycle(bool forced) {
+bool BeginCycle(CycleKind kind) {
   State& g = g_gen;
   g.minor = false;
   g.nregions = 0;
   g.nchunks = 0;
-  g.old_bytes = g_swept_old_bytes.load(std::memory_order_relaxed);
-  const bool tracking = g.setting && dirty::Enabled();
+  // The previous cycle's live heap: every object it found is old now (objects a sweep
+  // resurrected for their finalizers are not counted; they are few and small).
+  g.old_bytes = g_heap.heap_marked.load(std::memory_order_relaxed);
+  const bool tracking = g.setting.load(std::memory_order_relaxed) && dirty::Enabled();
   if (tracking) {
     const long n = dirty::ReadWritten(g.regions, kMaxRegions);
     if (n >= 0) {
@@ -257,8 +260,10 @@ bool BeginCycle(bool forced) {
     }
     const std::uint64_t allowed =
         g.live_after_major + std::max(g.live_after_major / kOldGrowthDivisor, kMinOldGrowth);
-    g.minor = n >= 0 && !forced && g.marks_sticky && g.minors_since_major < kMaxMinorCycles &&
-              g.old_bytes <= allowed && MakeChunks();
+    const bool policy = kind == CycleKind::kMinorIfPossible ||
+                        (kind == CycleKind::kPaced && g.minors_since_major < kMaxMinorCycles &&
+                         g.old_bytes <= allowed);
+    g.minor = n >= 0 && g.marks_sticky && policy && MakeChunks();
   }
   if (!g.minor && g.marks_sticky) ClearAllMarks();
   return g.minor;
@@ -266,7 +271,7 @@ bool BeginCycle(bool forced) {
 
 CycleLive EndCycle(bool minor, std::uint64_t bytes_marked) {
   State& g = g_gen;
-  const bool keep = g.setting && dirty::Enabled();
+  const bool keep = g.setting.load(std::memory_order_relaxed) && dirty::Enabled();
   if (keep) {
     for (std::size_t r = 0; r < g.nregions; ++r) {
       ProtectOldPages(g.regions[r].start, g.regions[r].end);
@@ -275,7 +280,6 @@ CycleLive EndCycle(bool minor, std::uint64_t bytes_marked) {
   // Protect may have turned tracking off (a refusal): then nothing may stay sticky.
   const bool sticky = keep && dirty::Enabled();
   g_sweep_keeps_marks.store(sticky, std::memory_order_relaxed);
-  g_swept_old_bytes.store(0, std::memory_order_relaxed);
   g.marks_sticky = sticky;
   g.minor = false;
   if (minor) {
@@ -290,18 +294,14 @@ CycleLive EndCycle(bool minor, std::uint64_t bytes_marked) {
 
 bool SweepKeepsMarks() { return g_sweep_keeps_marks.load(std::memory_order_relaxed); }
 
-void AddOldBytes(std::uint64_t bytes) {
-  g_swept_old_bytes.fetch_add(bytes, std::memory_order_relaxed);
-}
-
 bool SetGenerationalSetting(bool on) {
-  const bool old = g_gen.setting;
   if (on && !dirty::Enabled()) TurnTrackingOn();
-  g_gen.setting = on;
-  return old;
+  return g_gen.setting.exchange(on, std::memory_order_relaxed);
 }
 
-bool GenerationalInEffect() { return g_gen.setting && dirty::Enabled(); }
+bool GenerationalInEffect() {
+  return g_gen.setting.load(std::memory_order_relaxed) && dirty::Enabled();
+}
 
 std::uint64_t MinorCycles() { return g_minor_cycles.load(std::memory_order_relaxed); }
 

@@ -25,7 +25,12 @@ void InitGenerations();
 // The world is stopped and the sweep finished. Reads which pages were written and decides the
 // cycle's kind; for a major cycle after minor ones, clears every mark bit. True for a minor
 // cycle.
-bool BeginCycle(bool forced);
+enum class CycleKind {
+  kPaced,            // the pacer's: minor when the policy allows
+  kFull,             // GC(), out of memory: always major
+  kMinorIfPossible,  // testing::MinorGC: minor whenever the marks and the tracking allow
+};
+bool BeginCycle(CycleKind kind);
 // The world is still stopped and marking done. Write-protects the written pages that now hold
 // old objects and tells the sweep whether to keep the marks.
 struct CycleLive {
@@ -35,9 +40,8 @@ struct CycleLive {
 CycleLive EndCycle(bool minor, std::uint64_t bytes_marked);
 
 // For the sweeper: whether this cycle's sweep keeps the marks (copies them into the next
-// cycle's mark bits), and the bytes it kept, which become the next cycle's old bytes.
+// cycle's mark bits).
 bool SweepKeepsMarks();
-void AddOldBytes(std::uint64_t bytes);
 
 // The setting (debug::SetGenerational) and whether minor cycles are in effect (the setting,
 // and the kernel's page tracking).

@@ -3,6 +3,7 @@
 #include <mutex>
 
 #include "gc/collector.hpp"
+#include "gc/generations.hpp"
 #include "gc/pacer.hpp"
 #include "gofin/gc.hpp"
 #include "heap/heap.hpp"
@@ -52,6 +53,7 @@ MemStats ReadMemStats() {
         out.PauseTotalNs = cc.pause_total_ns;
         out.NumGC = cc.num_gc;
         out.NumForcedGC = cc.num_forced_gc;
+        out.NumMinorGC = MinorCycles();
       },
       &m);
   return m;

@@ -149,11 +149,7 @@ bool SweepSpan(Span* s, bool preserve) {
   const std::size_t sizeclass = s->spanclass.SizeClass();
   if (s->large) {
     if (s->IsMarked(0)) {
-      if (SweepKeepsMarks()) {
-        AddOldBytes(s->elemsize);
-      } else {
-        s->mark_bits[0] = 0;
-      }
+      if (!SweepKeepsMarks()) s->mark_bits[0] = 0;
       s->sweepgen.store(sg, std::memory_order_release);
       EndSweep();
       if (!preserve) FileSweptSpan(s);
@@ -177,7 +173,6 @@ bool SweepSpan(Span* s, bool preserve) {
   if (SweepKeepsMarks()) {
     // Sticky marks (gc/generations.hpp): the survivors stay marked as old objects.
     std::memcpy(s->mark_bits, s->alloc_bits, kBitmapBytes + 8);
-    AddOldBytes(std::uint64_t{nalloc} * s->elemsize);
   } else {
     std::memset(s->mark_bits, 0, kBitmapBytes + 8);
   }
