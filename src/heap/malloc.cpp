@@ -7,7 +7,6 @@
 #include "gofin/detail/runtime.hpp"
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
-#include "heap/prefetch.hpp"
 #include "heap/thread_cache.hpp"
 
 namespace gofin::internal {
@@ -50,6 +49,20 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
 [[gnu::noinline]] std::uintptr_t SmallSlow(ThreadCache* c, SpanClass spc, DtorFn dtor,
                                            std::size_t count, std::size_t tiny_size) {
   StwGuard guard;
+  if (dtor == nullptr) {
+    // Classes without destructors (the tiny blocks' included) are served from runs: the next
+    // run, from a new span if need be.
+    std::uintptr_t v = c->TakeRun(spc);
+    if (v == 0) {
+      if (c->Refill(spc) == nullptr) return 0;
+      v = c->TakeRun(spc);
+    }
+    if (tiny_size != 0 && (tiny_size < c->tiny_offset || c->tiny == 0)) {
+      c->tiny = v;
+      c->tiny_offset = tiny_size;
+    }
+    return v;
+  }
   Span* s = c->alloc[spc.value];
   std::uint32_t idx = s->NextFreeIndex();
   if (idx == s->nelems) {
@@ -61,10 +74,6 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
   const std::uintptr_t v = s->ObjBase(idx);
   if (s->needzero) ZeroObject(v, s->elemsize);
   SetDtor(s, idx, dtor, count);
-  if (tiny_size != 0 && (tiny_size < c->tiny_offset || c->tiny == 0)) {
-    c->tiny = v;
-    c->tiny_offset = tiny_size;
-  }
   return v;
 }
 
@@ -124,10 +133,11 @@ inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigne
         ExitNoPreempt();
         return reinterpret_cast<void*>(v);
       }
-      Span* s = c->alloc[kTinySpanClass.value];
-      v = NextFreeFast(s);
-      if (v != 0) {
-        if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, kTinySize);
+      // A new tiny block from the run of the tiny class.
+      AllocRun& r = c->runs[kTinySpanClass.value];
+      if (r.next < r.end) {
+        v = r.next;
+        r.next += kTinySize;
         if (size < c->tiny_offset || c->tiny == 0) {
           c->tiny = v;
           c->tiny_offset = size;
@@ -140,13 +150,23 @@ inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigne
     } else {
       const SpanClass spc = SpanClass::Make(SizeToClass(size), noscan, dtor != nullptr);
       EnterNoPreempt();
-      Span* s = c->alloc[spc.value];
-      v = NextFreeFast(s);
-      if (v != 0) {
-        if (s->needzero) ZeroObject(v, s->elemsize);
-        if (dtor != nullptr) s->dtors[s->freeindex - 1] = DtorSlot{dtor, count};
-        ExitNoPreempt();
-        return reinterpret_cast<void*>(v);
+      if (dtor == nullptr) {
+        AllocRun& r = c->runs[spc.value];
+        if (r.next < r.end) {
+          v = r.next;
+          r.next += r.elemsize;
+          ExitNoPreempt();
+          return reinterpret_cast<void*>(v);
+        }
+      } else {
+        Span* s = c->alloc[spc.value];
+        v = NextFreeFast(s);
+        if (v != 0) {
+          if (s->needzero) ZeroObject(v, s->elemsize);
+          s->dtors[s->freeindex - 1] = DtorSlot{dtor, count};
+          ExitNoPreempt();
+          return reinterpret_cast<void*>(v);
+        }
       }
       ExitNoPreempt();
       v = SmallSlow(c, spc, dtor, count, 0);
@@ -213,8 +233,6 @@ namespace {
   return MallocSlowPath(size, flags, dtor, count);
 }
 
-constexpr std::uintptr_t kPrefetchAheadBytes = 256;
-
 [[gnu::noinline]] void* ParkThenReturn(void* p) {
   internal::ParkAtSafepoint();
   return p;
@@ -230,23 +248,6 @@ inline void* ExitNoPreemptReturning(void* p) {
   return p;
 }
 
-// bdwgc: PREFETCH_FOR_WRITE on the free list. Objects of a span are handed out in address
-// order, so the memory a few allocations ahead is what the caller writes next; the line it
-// is on was last touched a collection ago and has usually left this core's caches. Fetching
-// it now keeps its miss from stalling the next locked instruction (a lock, a SetFinalizer),
-// which waits for every earlier store to complete. Never faults, even past the span's end.
-// Once per cache line: small objects share lines.
-inline void PrefetchAhead(std::uintptr_t v) {
-  if ((v & 63) == 0) {
-    internal::PrefetchForWrite(reinterpret_cast<const void*>(v + kPrefetchAheadBytes));
-  }
-}
-
-// Clears a recycled object bigger than the inline loop handles, then leaves the region.
-[[gnu::noinline]] void* ZeroThenReturn(std::uintptr_t v, std::size_t size) {
-  std::memset(reinterpret_cast<void*>(v), 0, size);
-  return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
-}
 }  // namespace
 
 // Go: mallocgc's common cases, kept free of calls (the slow path is a tail call) so that the
@@ -277,13 +278,12 @@ void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
       ++c->tiny_allocs;
       return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
     }
-    // A new tiny block from the cached tiny span.
-    internal::Span* s = c->alloc[internal::kTinySpanClass.value];
-    const std::uintptr_t v = internal::NextFreeFast(s);
-    if (v == 0) [[unlikely]]
+    // A new tiny block from the tiny class's run (cleared when it was taken).
+    internal::AllocRun& r = c->runs[internal::kTinySpanClass.value];
+    const std::uintptr_t v = r.next;
+    if (v >= r.end) [[unlikely]]
       return LeaveFastPath(size, flags, dtor, count);
-    PrefetchAhead(v);
-    if (s->needzero) internal::ZeroObject(v, internal::kTinySize);
+    r.next = v + internal::kTinySize;
     if (size < c->tiny_offset || c->tiny == 0) {
       c->tiny = v;
       c->tiny_offset = size;
@@ -293,15 +293,11 @@ void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
   const internal::SpanClass spc =
       internal::SpanClass::Make(internal::SizeToClass(size), noscan, /*dtor=*/false);
   internal::EnterNoPreempt();
-  internal::Span* s = c->alloc[spc.value];
-  const std::uintptr_t v = internal::NextFreeFast(s);
-  if (v == 0) [[unlikely]]
+  internal::AllocRun& r = c->runs[spc.value];
+  const std::uintptr_t v = r.next;
+  if (v >= r.end) [[unlikely]]
     return LeaveFastPath(size, flags, dtor, count);
-  PrefetchAhead(v);
-  if (s->needzero) {
-    if (s->elemsize > 64) return ZeroThenReturn(v, s->elemsize);
-    internal::ZeroObject(v, s->elemsize);
-  }
+  r.next = v + r.elemsize;
   return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
 }
 

@@ -2,6 +2,7 @@
 // Go: mspan (mheap.go), its allocation bitmap walk (mbitmap.go: nextFreeIndex, refillAllocCache,
 // isFree) and its mark bits. A span is a run of pages holding objects of one span class, or one
 // large object.
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstddef>
@@ -192,6 +193,39 @@ struct Span {
     if (sfreeindex % 64 == 0 && sfreeindex != nelems) RefillAllocCache(sfreeindex / 8);
     SetFreeIndex(sfreeindex);
     return result;
+  }
+
+  // gofin: NextFreeIndex, extended to every free object after it up to the end of its
+  // allocCache word, all claimed at once (freeindex moves past them and alloc_count counts
+  // them): the thread cache hands them out by bumping a pointer (ThreadCache::runs). Returns
+  // nelems when the span is full; count is the run's length.
+  std::uint32_t NextFreeRun(std::uint32_t& count) {
+    const std::uint32_t first = NextFreeIndex();
+    count = 0;
+    if (first == nelems) return first;
+    std::uint32_t extra = 0;
+    // At a word boundary NextFreeIndex has loaded the next word already: the run ends here.
+    if (freeindex % 64 != 0) {
+      extra =
+          std::min(static_cast<std::uint32_t>(std::countr_one(alloc_cache)), nelems - freeindex);
+      if (extra != 0) {
+        alloc_cache = extra >= 64 ? 0 : alloc_cache >> extra;
+        SetFreeIndex(freeindex + extra);
+        if (freeindex % 64 == 0 && freeindex != nelems) RefillAllocCache(freeindex / 8);
+      }
+    }
+    count = 1 + extra;
+    alloc_count += count;
+    return first;
+  }
+
+  // Undoes the unused tail [index, freeindex) of the last run NextFreeRun claimed: those
+  // objects are free again and the allocation walk resumes at index.
+  void ReturnRunTail(std::uint32_t index) {
+    alloc_count -= freeindex - index;
+    SetFreeIndex(index);
+    RefillAllocCache((index & ~63U) / 8);
+    if (index % 64 != 0) alloc_cache >>= index % 64;
   }
 
   [[nodiscard]] DtorSlot* DtorFor(std::size_t i) {

@@ -1,5 +1,6 @@
 #include "heap/thread_cache.hpp"
 
+#include <cstring>
 #include <mutex>
 
 #include "heap/central.hpp"
@@ -18,6 +19,7 @@ Span* ThreadCache::Refill(SpanClass spc) {
   Span* old = alloc[spc.value];
   const std::size_t c = spc.SizeClass();
   if (old != &g_empty_span) {
+    ReturnRun(spc);
     // Go: the stats correction in uncacheSpan: slots never handed out were not allocations.
     const std::uint32_t unused = old->nelems - old->alloc_count;
     g_heap.nmalloc_small[c].fetch_sub(unused, std::memory_order_relaxed);
@@ -35,9 +37,11 @@ Span* ThreadCache::Refill(SpanClass spc) {
 }
 
 void ThreadCache::ReleaseAll() {
-  for (Span*& slot : alloc) {
+  for (std::size_t i = 0; i < kNumSpanClasses; ++i) {
+    Span*& slot = alloc[i];
     Span* s = slot;
     if (s == &g_empty_span) continue;
+    ReturnRun(SpanClass{static_cast<std::uint16_t>(i)});
     const std::uint32_t unused = s->nelems - s->alloc_count;
     g_heap.nmalloc_small[s->spanclass.SizeClass()].fetch_sub(unused, std::memory_order_relaxed);
     g_heap.heap_live.fetch_sub(std::uint64_t{unused} * s->elemsize, std::memory_order_relaxed);
@@ -48,6 +52,27 @@ void ThreadCache::ReleaseAll() {
   tiny_offset = 0;
   g_heap.tiny_allocs.fetch_add(tiny_allocs, std::memory_order_relaxed);
   tiny_allocs = 0;
+}
+
+std::uintptr_t ThreadCache::TakeRun(SpanClass spc) {
+  Span* s = alloc[spc.value];
+  std::uint32_t count = 0;
+  const std::uint32_t first = s->NextFreeRun(count);
+  if (first == s->nelems) return 0;
+  const std::uintptr_t v = s->ObjBase(first);
+  const std::uintptr_t end = v + count * s->elemsize;
+  if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, end - v);
+  runs[spc.value] = AllocRun{v + s->elemsize, end, s->elemsize};
+  return v;
+}
+
+void ThreadCache::ReturnRun(SpanClass spc) {
+  AllocRun& r = runs[spc.value];
+  if (r.next < r.end) {
+    Span* s = alloc[spc.value];
+    s->ReturnRunTail(static_cast<std::uint32_t>((r.next - s->start) / s->elemsize));
+  }
+  r = AllocRun{};
 }
 
 ThreadCache* NewThreadCache() {

@@ -9,9 +9,23 @@
 
 namespace gofin::internal {
 
+// gofin's addition to Go's mcache: a run of consecutive free objects of a cached span
+// (Span::NextFreeRun), handed out by bumping next. The common allocation then reads and
+// writes this record only, not the span's allocation bitmap walk, and clears nothing: a run
+// of recycled memory is cleared whole when it is taken (one memset of up to 64 objects
+// instead of a store loop per object). [next, end) is empty when next >= end.
+struct alignas(32) AllocRun {
+  std::uintptr_t next = 0;
+  std::uintptr_t end = 0;
+  std::uintptr_t elemsize = 0;
+};
+
 // Go: mcache
 struct ThreadCache {
   Span* alloc[kNumSpanClasses] = {};
+  // Span classes without destructors other than the tiny one's; the run lies in alloc[i]
+  // and ends at its freeindex.
+  AllocRun runs[kNumSpanClasses] = {};
   // Go: tiny / tinyoffset / tinyAllocs. The current 16-byte block for tiny noscan objects.
   std::uintptr_t tiny = 0;
   std::size_t tiny_offset = 0;
@@ -25,6 +39,11 @@ struct ThreadCache {
   // Go: mcache.releaseAll. Gives every span back and drops the tiny block. The owner calls
   // it when exiting; the collector calls it for every thread with the world stopped.
   void ReleaseAll();
+  // Claims the next run of alloc[spc] and returns its first object (0 when the span is
+  // full): the run holds the rest.
+  std::uintptr_t TakeRun(SpanClass spc);
+  // Gives the unused rest of spc's run back to its span.
+  void ReturnRun(SpanClass spc);
 };
 
 // Go: emptymspan. A span with no free objects that every empty cache slot points at, so the
