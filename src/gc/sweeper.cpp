@@ -143,13 +143,21 @@ void SetScavengeGoal(std::uint64_t bytes) {
 
 bool SweepSpan(Span* s, bool preserve) {
   const std::uint32_t sg = g_heap.sweepgen.load(std::memory_order_relaxed);
-  if (s->special_count != 0) {
+  const bool keep_marks = SweepKeepsMarks();
+  // The marks as the mark phase left them, when the specials sweep may add some: an object it
+  // marks (resurrected to run its finalizer) is kept but must not become old. It is reachable
+  // from the finalizer queue until its finalizer ran, and after that only a young object is
+  // freed by the next cycle, minor or not, as Go frees it.
+  alignas(8) std::uint8_t marked_by_mark[kBitmapBytes + 8];
+  const bool resurrects = s->special_count != 0;
+  if (resurrects) {
+    if (keep_marks) std::memcpy(marked_by_mark, s->mark_bits, sizeof(marked_by_mark));
     if (SweepSpecialsFn fn = g_sweep_specials.load(std::memory_order_acquire)) fn(s);
   }
   const std::size_t sizeclass = s->spanclass.SizeClass();
   if (s->large) {
     if (s->IsMarked(0)) {
-      if (!SweepKeepsMarks()) s->mark_bits[0] = 0;
+      if (!keep_marks || (resurrects && (marked_by_mark[0] & 1U) == 0)) s->mark_bits[0] = 0;
       s->sweepgen.store(sg, std::memory_order_release);
       EndSweep();
       if (!preserve) FileSweptSpan(s);
@@ -170,9 +178,12 @@ bool SweepSpan(Span* s, bool preserve) {
   const std::size_t nalloc = PopCount(s->mark_bits, s->nelems);
   const std::size_t nfreed = s->alloc_count - nalloc;
   std::swap(s->alloc_bits, s->mark_bits);
-  if (SweepKeepsMarks()) {
+  if (keep_marks) {
     // Sticky marks (gc/generations.hpp): the survivors stay marked as old objects.
     std::memcpy(s->mark_bits, s->alloc_bits, kBitmapBytes + 8);
+    if (resurrects) {
+      for (std::size_t i = 0; i < kBitmapBytes + 8; ++i) s->mark_bits[i] &= marked_by_mark[i];
+    }
   } else {
     std::memset(s->mark_bits, 0, kBitmapBytes + 8);
   }
