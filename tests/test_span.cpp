@@ -320,8 +320,7 @@ TEST(Span, NextFreeFastStopsAtWordBoundary) {
 
 TEST(Span, NextFreeFastOnFullAndEmptySpan) {
   EXPECT_EQ(NextFreeFast(&gofin::internal::g_empty_span), 0U);
-  EXPECT_EQ(gofin::internal::g_empty_span.NextFreeIndex(),
-            gofin::internal::g_empty_span.nelems);
+  EXPECT_EQ(gofin::internal::g_empty_span.NextFreeIndex(), gofin::internal::g_empty_span.nelems);
 
   TestSpan t(67);  // one 32 KiB object
   Span& s = *t.span;
@@ -424,6 +423,90 @@ TEST(Span, DtorFor) {
   EXPECT_EQ(s.DtorFor(s.nelems - 1), &table[s.nelems - 1]);
   s.ResetBitmaps();
   EXPECT_EQ(s.dtors, nullptr);
+}
+
+// Allocation runs (gofin: ThreadCache::runs). A run is every free object from the next free one
+// to the end of its 64-object allocCache word; handing out objects from runs must visit exactly
+// the free objects the bitmap walk visits, and giving a run's tail back must leave the span as
+// if those objects had never been claimed.
+TEST(Span, NextFreeRunClaimsFreeObjectsUpToTheWordEnd) {
+  TestSpan t(2);  // 16-byte objects, 512 per span
+  Span& s = *t.span;
+  ASSERT_EQ(s.nelems, 512U);
+  std::vector<bool> allocated(s.nelems, false);
+  allocated[3] = allocated[4] = allocated[70] = true;
+  LoadPattern(s, allocated, 0);
+  std::uint32_t count = 0;
+  EXPECT_EQ(s.NextFreeRun(count), 0U);
+  EXPECT_EQ(count, 3U);  // 0, 1, 2: object 3 is allocated
+  EXPECT_EQ(s.freeindex, 3U);
+  EXPECT_EQ(s.NextFreeRun(count), 5U);
+  EXPECT_EQ(count, 59U);  // 5..63: the run ends with the word
+  EXPECT_EQ(s.freeindex, 64U);
+  EXPECT_EQ(s.NextFreeRun(count), 64U);
+  EXPECT_EQ(count, 6U);  // 64..69
+  EXPECT_EQ(s.alloc_count, 3U + 3U + 59U + 6U);
+}
+
+TEST(Span, RunsVisitExactlyTheFreeObjects) {
+  std::mt19937 rng(7);
+  for (std::size_t sizeclass : {std::size_t{1}, std::size_t{2}, std::size_t{5}, std::size_t{30}}) {
+    TestSpan t(sizeclass);
+    Span& s = *t.span;
+    for (int round = 0; round < 20; ++round) {
+      std::vector<bool> allocated(s.nelems);
+      for (std::size_t i = 0; i < s.nelems; ++i) allocated[i] = rng() % 3 == 0;
+      LoadPattern(s, allocated, 0);
+      std::vector<bool> seen(s.nelems, false);
+      for (;;) {
+        std::uint32_t count = 0;
+        const std::uint32_t first = s.NextFreeRun(count);
+        if (first == s.nelems) break;
+        ASSERT_GE(count, 1U);
+        for (std::uint32_t k = first; k < first + count; ++k) {
+          ASSERT_LT(k, s.nelems);
+          ASSERT_FALSE(allocated[k]) << "class " << sizeclass << " object " << k;
+          ASSERT_FALSE(seen[k]);
+          seen[k] = true;
+        }
+      }
+      for (std::size_t i = 0; i < s.nelems; ++i) ASSERT_EQ(seen[i], !allocated[i]) << i;
+      EXPECT_EQ(s.alloc_count, s.nelems);
+    }
+  }
+}
+
+TEST(Span, ReturnRunTailUndoesTheUnusedPartOfARun) {
+  TestSpan t(2);
+  Span& s = *t.span;
+  std::vector<bool> allocated(s.nelems, false);
+  allocated[10] = allocated[100] = true;
+  LoadPattern(s, allocated, 0);
+  std::uint32_t count = 0;
+  ASSERT_EQ(s.NextFreeRun(count), 0U);
+  ASSERT_EQ(s.NextFreeRun(count), 11U);  // 11..63
+  // Two objects of the run used, the rest given back.
+  s.ReturnRunTail(13);
+  EXPECT_EQ(s.freeindex, 13U);
+  EXPECT_EQ(s.alloc_count, 2U + 10U + 2U);
+  EXPECT_FALSE(s.IsAllocated(13));
+  EXPECT_TRUE(s.IsAllocated(12));
+  // The walk resumes where the run was cut: the same free objects, in the same order.
+  std::vector<std::uint32_t> order;
+  for (std::uint32_t i = s.NextFreeIndex(); i != s.nelems; i = s.NextFreeIndex()) {
+    order.push_back(i);
+  }
+  ASSERT_FALSE(order.empty());
+  EXPECT_EQ(order.front(), 13U);
+  EXPECT_EQ(std::count(order.begin(), order.end(), 100U), 0);
+  EXPECT_EQ(order.size(), s.nelems - 13U - 1U);
+  // A run cut at a word boundary resumes there too.
+  LoadPattern(s, allocated, 0);
+  ASSERT_EQ(s.NextFreeRun(count), 0U);
+  ASSERT_EQ(s.NextFreeRun(count), 11U);
+  ASSERT_EQ(s.NextFreeRun(count), 64U);  // 64..99
+  s.ReturnRunTail(64);
+  EXPECT_EQ(s.NextFreeIndex(), 64U);
 }
 
 TEST(SpanList, PushRemovePop) {
