@@ -427,8 +427,19 @@ TEST(Span, DtorFor) {
 
 // Allocation runs (gofin: ThreadCache::runs). A run is every free object from the next free one
 // to the end of its 64-object allocCache word; handing out objects from runs must visit exactly
-// the free objects the bitmap walk visits, and giving a run's tail back must leave the span as
-// if those objects had never been claimed.
+// the free objects the bitmap walk visits, freeindex must say exactly which objects were handed
+// out, and giving a run's tail back must leave the span as if those objects had never been
+// claimed.
+
+// Takes a run and hands out n of its objects as the thread cache does (freeindex follows).
+std::uint32_t TakeRun(Span& s, std::uint32_t& count, std::uint32_t n = ~0U) {
+  const std::uint32_t first = s.NextFreeRun(count);
+  if (first == s.nelems) return first;
+  EXPECT_EQ(s.freeindex, first + 1);  // the first object is handed out at once
+  for (std::uint32_t k = 1; k < std::min(n, count); ++k) s.SetFreeIndex(s.freeindex + 1);
+  return first;
+}
+
 TEST(Span, NextFreeRunClaimsFreeObjectsUpToTheWordEnd) {
   TestSpan t(2);  // 16-byte objects, 512 per span
   Span& s = *t.span;
@@ -437,15 +448,26 @@ TEST(Span, NextFreeRunClaimsFreeObjectsUpToTheWordEnd) {
   allocated[3] = allocated[4] = allocated[70] = true;
   LoadPattern(s, allocated, 0);
   std::uint32_t count = 0;
-  EXPECT_EQ(s.NextFreeRun(count), 0U);
+  EXPECT_EQ(TakeRun(s, count), 0U);
   EXPECT_EQ(count, 3U);  // 0, 1, 2: object 3 is allocated
   EXPECT_EQ(s.freeindex, 3U);
-  EXPECT_EQ(s.NextFreeRun(count), 5U);
+  EXPECT_EQ(TakeRun(s, count), 5U);
   EXPECT_EQ(count, 59U);  // 5..63: the run ends with the word
   EXPECT_EQ(s.freeindex, 64U);
-  EXPECT_EQ(s.NextFreeRun(count), 64U);
+  EXPECT_EQ(TakeRun(s, count), 64U);
   EXPECT_EQ(count, 6U);  // 64..69
   EXPECT_EQ(s.alloc_count, 3U + 3U + 59U + 6U);
+}
+
+TEST(Span, FreeIndexSaysExactlyWhatARunHandedOut) {
+  TestSpan t(2);
+  Span& s = *t.span;
+  LoadPattern(s, std::vector<bool>(s.nelems, false), 0);
+  std::uint32_t count = 0;
+  ASSERT_EQ(TakeRun(s, count, 5), 0U);
+  ASSERT_EQ(count, 64U);
+  for (std::size_t i = 0; i < 5; ++i) EXPECT_TRUE(s.IsAllocatedFromAnyThread(i)) << i;
+  for (std::size_t i = 5; i < 64; ++i) EXPECT_FALSE(s.IsAllocatedFromAnyThread(i)) << i;
 }
 
 TEST(Span, RunsVisitExactlyTheFreeObjects) {
@@ -460,7 +482,7 @@ TEST(Span, RunsVisitExactlyTheFreeObjects) {
       std::vector<bool> seen(s.nelems, false);
       for (;;) {
         std::uint32_t count = 0;
-        const std::uint32_t first = s.NextFreeRun(count);
+        const std::uint32_t first = TakeRun(s, count);
         if (first == s.nelems) break;
         ASSERT_GE(count, 1U);
         for (std::uint32_t k = first; k < first + count; ++k) {
@@ -483,10 +505,9 @@ TEST(Span, ReturnRunTailUndoesTheUnusedPartOfARun) {
   allocated[10] = allocated[100] = true;
   LoadPattern(s, allocated, 0);
   std::uint32_t count = 0;
-  ASSERT_EQ(s.NextFreeRun(count), 0U);
-  ASSERT_EQ(s.NextFreeRun(count), 11U);  // 11..63
-  // Two objects of the run used, the rest given back.
-  s.ReturnRunTail(13);
+  ASSERT_EQ(TakeRun(s, count), 0U);
+  ASSERT_EQ(TakeRun(s, count, 2), 11U);  // 11..63, two of them handed out
+  s.ReturnRunTail(64);
   EXPECT_EQ(s.freeindex, 13U);
   EXPECT_EQ(s.alloc_count, 2U + 10U + 2U);
   EXPECT_FALSE(s.IsAllocated(13));
@@ -500,13 +521,13 @@ TEST(Span, ReturnRunTailUndoesTheUnusedPartOfARun) {
   EXPECT_EQ(order.front(), 13U);
   EXPECT_EQ(std::count(order.begin(), order.end(), 100U), 0);
   EXPECT_EQ(order.size(), s.nelems - 13U - 1U);
-  // A run cut at a word boundary resumes there too.
+  // A run given back whole at a word boundary resumes there too.
   LoadPattern(s, allocated, 0);
-  ASSERT_EQ(s.NextFreeRun(count), 0U);
-  ASSERT_EQ(s.NextFreeRun(count), 11U);
-  ASSERT_EQ(s.NextFreeRun(count), 64U);  // 64..99
-  s.ReturnRunTail(64);
-  EXPECT_EQ(s.NextFreeIndex(), 64U);
+  ASSERT_EQ(TakeRun(s, count), 0U);
+  ASSERT_EQ(TakeRun(s, count), 11U);
+  ASSERT_EQ(TakeRun(s, count, 1), 64U);  // 64..99, only 64 handed out
+  s.ReturnRunTail(100);
+  EXPECT_EQ(s.NextFreeIndex(), 65U);
 }
 
 TEST(SpanList, PushRemovePop) {

@@ -136,8 +136,7 @@ inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigne
       // A new tiny block from the run of the tiny class.
       AllocRun& r = c->runs[kTinySpanClass.value];
       if (r.next < r.end) {
-        v = r.next;
-        r.next += kTinySize;
+        v = r.Take();
         if (size < c->tiny_offset || c->tiny == 0) {
           c->tiny = v;
           c->tiny_offset = size;
@@ -153,8 +152,7 @@ inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigne
       if (dtor == nullptr) {
         AllocRun& r = c->runs[spc.value];
         if (r.next < r.end) {
-          v = r.next;
-          r.next += r.elemsize;
+          v = r.Take();
           ExitNoPreempt();
           return reinterpret_cast<void*>(v);
         }
@@ -280,10 +278,9 @@ void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
     }
     // A new tiny block from the tiny class's run (cleared when it was taken).
     internal::AllocRun& r = c->runs[internal::kTinySpanClass.value];
-    const std::uintptr_t v = r.next;
-    if (v >= r.end) [[unlikely]]
+    if (r.next >= r.end) [[unlikely]]
       return LeaveFastPath(size, flags, dtor, count);
-    r.next = v + internal::kTinySize;
+    const std::uintptr_t v = r.Take();
     if (size < c->tiny_offset || c->tiny == 0) {
       c->tiny = v;
       c->tiny_offset = size;
@@ -294,11 +291,9 @@ void* Malloc(std::size_t size, unsigned flags, DtorFn dtor, std::size_t count) {
       internal::SpanClass::Make(internal::SizeToClass(size), noscan, /*dtor=*/false);
   internal::EnterNoPreempt();
   internal::AllocRun& r = c->runs[spc.value];
-  const std::uintptr_t v = r.next;
-  if (v >= r.end) [[unlikely]]
+  if (r.next >= r.end) [[unlikely]]
     return LeaveFastPath(size, flags, dtor, count);
-  r.next = v + r.elemsize;
-  return ExitNoPreemptReturning(reinterpret_cast<void*>(v));
+  return ExitNoPreemptReturning(reinterpret_cast<void*>(r.Take()));
 }
 
 void* MallocAligned(std::size_t size, std::size_t align, unsigned flags, DtorFn dtor,

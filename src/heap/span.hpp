@@ -196,22 +196,25 @@ struct Span {
   }
 
   // gofin: NextFreeIndex, extended to every free object after it up to the end of its
-  // allocCache word, all claimed at once (freeindex moves past them and alloc_count counts
-  // them): the thread cache hands them out by bumping a pointer (ThreadCache::runs). Returns
-  // nelems when the span is full; count is the run's length.
+  // allocCache word, all claimed at once for the thread cache's bump allocation
+  // (ThreadCache::runs): alloc_count counts them and allocCache moves past them, but freeindex
+  // only past the first. The cache moves freeindex on as it hands each object out, so that
+  // IsAllocated stays exact for every thread; until the run is used up (or given back with
+  // ReturnRunTail) freeindex lags behind allocCache and only the cache may allocate from the
+  // span. Returns nelems when the span is full; count is the run's length.
   std::uint32_t NextFreeRun(std::uint32_t& count) {
     const std::uint32_t first = NextFreeIndex();
     count = 0;
     if (first == nelems) return first;
     std::uint32_t extra = 0;
+    const std::uint32_t next = freeindex;
     // At a word boundary NextFreeIndex has loaded the next word already: the run ends here.
-    if (freeindex % 64 != 0) {
-      extra =
-          std::min(static_cast<std::uint32_t>(std::countr_one(alloc_cache)), nelems - freeindex);
+    if (next % 64 != 0) {
+      extra = std::min(static_cast<std::uint32_t>(std::countr_one(alloc_cache)), nelems - next);
       if (extra != 0) {
         alloc_cache = extra >= 64 ? 0 : alloc_cache >> extra;
-        SetFreeIndex(freeindex + extra);
-        if (freeindex % 64 == 0 && freeindex != nelems) RefillAllocCache(freeindex / 8);
+        const std::uint32_t end = next + extra;
+        if (end % 64 == 0 && end != nelems) RefillAllocCache(end / 8);
       }
     }
     count = 1 + extra;
@@ -219,13 +222,12 @@ struct Span {
     return first;
   }
 
-  // Undoes the unused tail [index, freeindex) of the last run NextFreeRun claimed: those
-  // objects are free again and the allocation walk resumes at index.
-  void ReturnRunTail(std::uint32_t index) {
-    alloc_count -= freeindex - index;
-    SetFreeIndex(index);
-    RefillAllocCache((index & ~63U) / 8);
-    if (index % 64 != 0) alloc_cache >>= index % 64;
+  // Gives back the objects [freeindex, end) of the last run NextFreeRun claimed, which the
+  // cache did not hand out: the allocation walk resumes at freeindex.
+  void ReturnRunTail(std::uint32_t end) {
+    alloc_count -= end - freeindex;
+    RefillAllocCache((freeindex & ~63U) / 8);
+    if (freeindex % 64 != 0) alloc_cache >>= freeindex % 64;
   }
 
   [[nodiscard]] DtorSlot* DtorFor(std::size_t i) {

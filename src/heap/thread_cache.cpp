@@ -57,20 +57,22 @@ void ThreadCache::ReleaseAll() {
 std::uintptr_t ThreadCache::TakeRun(SpanClass spc) {
   Span* s = alloc[spc.value];
   std::uint32_t count = 0;
+  // The previous run is used up (its objects all handed out): nothing of it is to be given
+  // back, even when the span turns out full (NextFreeIndex then moves freeindex to the end).
+  runs[spc.value] = AllocRun{};
   const std::uint32_t first = s->NextFreeRun(count);
   if (first == s->nelems) return 0;
   const std::uintptr_t v = s->ObjBase(first);
   const std::uintptr_t end = v + count * s->elemsize;
   if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, end - v);
-  runs[spc.value] = AllocRun{v + s->elemsize, end, s->elemsize};
+  runs[spc.value] = AllocRun{v + s->elemsize, end, s->elemsize, s};
   return v;
 }
 
 void ThreadCache::ReturnRun(SpanClass spc) {
   AllocRun& r = runs[spc.value];
-  if (r.next < r.end) {
-    Span* s = alloc[spc.value];
-    s->ReturnRunTail(static_cast<std::uint32_t>((r.next - s->start) / s->elemsize));
+  if (r.span != nullptr) {
+    r.span->ReturnRunTail(static_cast<std::uint32_t>((r.end - r.span->start) / r.span->elemsize));
   }
   r = AllocRun{};
 }

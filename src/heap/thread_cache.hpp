@@ -14,10 +14,19 @@ namespace gofin::internal {
 // writes this record only, not the span's allocation bitmap walk, and clears nothing: a run
 // of recycled memory is cleared whole when it is taken (one memset of up to 64 objects
 // instead of a store loop per object). [next, end) is empty when next >= end.
-struct alignas(32) AllocRun {
+struct AllocRun {
   std::uintptr_t next = 0;
   std::uintptr_t end = 0;
   std::uintptr_t elemsize = 0;
+  Span* span = nullptr;  // the span the run lies in, whose freeindex follows next
+
+  // Hands out the run's next object; the caller checked next < end.
+  std::uintptr_t Take() {
+    const std::uintptr_t v = next;
+    next = v + elemsize;
+    span->SetFreeIndex(span->freeindex + 1);
+    return v;
+  }
 };
 
 // Go: mcache
