@@ -30,6 +30,7 @@
 // Where minor cycles are not in effect (kernels before 6.7, seccomp, valgrind,
 // GOFIN_GENERATIONAL=0) every test that needs them is skipped.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -850,6 +851,49 @@ TEST(Generational, MinorGCIsAFullCycleWhileTheSettingIsOff) {
   EXPECT_EQ(m1.NumGC, m0.NumGC + 1);
   EXPECT_FALSE(gofin::debug::SetGenerational(previous));
   ExactGC();
+}
+
+// After fork() the child's heap mappings are no longer registered with the parent's
+// userfaultfd: the child's collections must all be full, and still work.
+#if defined(__SANITIZE_THREAD__)
+constexpr bool kForkUnderTsan = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+constexpr bool kForkUnderTsan = true;
+#else
+constexpr bool kForkUnderTsan = false;
+#endif
+#else
+constexpr bool kForkUnderTsan = false;
+#endif
+
+namespace {
+std::atomic<int> g_fork_dtors{0};
+}  // namespace
+
+TEST_F(Gen, ForkedChildCollectsWithFullCyclesOnly) {
+  if (kForkUnderTsan) GTEST_SKIP() << "ThreadSanitizer: fork() of a multi-threaded process";
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int code = 0;
+    if (gofin::debug::GenerationalActive()) code |= 1;
+    gofin::Root<Young> root;
+    std::thread([&root] { root = MakeChain(&g_fork_dtors, 11, 50); }).join();
+    if (gofin::testing::MinorGC(gofin::testing::StackState::kNoHeapPointers)) code |= 2;
+    root.reset();
+    if (gofin::testing::MinorGC(gofin::testing::StackState::kNoHeapPointers)) code |= 4;
+    if (g_fork_dtors.load() != 50) code |= 8;  // the full cycle freed the dropped chain
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: tracking on in the child, 2/4: a minor cycle ran, "
+                                       "8: the dropped chain was not freed";
+  // The parent's own tracking is untouched.
+  EXPECT_TRUE(gofin::debug::GenerationalActive());
+  EXPECT_TRUE(ExactMinorGC());
 }
 
 // Turned on at run time (the process started with GOFIN_GENERATIONAL=0, or a test turned it

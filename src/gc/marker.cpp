@@ -22,18 +22,25 @@ class PhaseState {
   static constexpr std::uint64_t kIdleOne = 1;
   static constexpr std::uint64_t kJoinedOne = std::uint64_t{1} << 16;
   static constexpr std::uint64_t kClosed = std::uint64_t{1} << 32;
+  static constexpr unsigned kMaxShift = 33;
 
   static int Idle(std::uint64_t s) { return static_cast<int>(s & 0xffff); }
   static int Joined(std::uint64_t s) { return static_cast<int>((s >> 16) & 0xffff); }
   static bool Closed(std::uint64_t s) { return (s & kClosed) != 0; }
+  static int MaxMembers(std::uint64_t s) { return static_cast<int>((s >> kMaxShift) & 0xffff); }
 
-  // Opens the phase with the calling (collecting) thread as its first member. Release: a
-  // helper that joins sees the phase's setup.
-  void Open() { word_.store(kJoinedOne, std::memory_order_release); }
+  // Opens the phase with the calling (collecting) thread as its first member, for at most
+  // max_members members: a helper woken late for an earlier phase may find this one open,
+  // and must not join a phase meant for fewer workers (a lone worker marks without atomics).
+  // Release: a helper that joins sees the phase's setup.
+  void Open(int max_members) {
+    word_.store(kJoinedOne | (static_cast<std::uint64_t>(max_members) << kMaxShift),
+                std::memory_order_release);
+  }
   // Acquire pairs with Open.
   bool TryJoin() {
     std::uint64_t s = word_.load(std::memory_order_acquire);
-    while (!Closed(s)) {
+    while (!Closed(s) && Joined(s) < MaxMembers(s)) {
       if (word_.compare_exchange_weak(s, s + kJoinedOne, std::memory_order_acquire)) return true;
     }
     return false;
@@ -214,7 +221,7 @@ void RunPhase(MarkPhase& ph) {
   WorkerPool& p = Pool();
   const int helpers = std::min(ph.nworkers - 1, p.threads);
   ph.nworkers = helpers + 1;
-  ph.state.Open();
+  ph.state.Open(ph.nworkers);
   if (helpers > 0) {
     std::lock_guard lock(p.lock);
     p.phase = &ph;
