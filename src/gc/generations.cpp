@@ -169,18 +169,7 @@ void ScanWrittenPages(MarkWorker& w, std::atomic<std::size_t>& next_unit) {
 }
 
 void ClearAllMarks() {
-  const std::uintptr_t lo = g_heap.arenas.LoIndex();
-  const std::uintptr_t hi = g_heap.arenas.HiIndex();
-  for (std::uintptr_t ai = lo; ai < hi; ++ai) {
-    HeapArena* a = g_heap.arenas.ArenaOf(ai << kArenaShift);
-    if (a == nullptr) continue;
-    for (std::size_t pg = 0; pg < kPagesPerArena; ++pg) {
-      if (!TestPageBit(a->page_in_use, pg)) continue;
-      Span* s = a->SpanAt(pg);
-      if (s == nullptr || s->state != SpanState::kInUse) continue;
-      std::memset(s->mark_bits, 0, kBitmapBytes + 8);
-    }
-  }
+  ForEachInUseSpan([](Span* s) { std::memset(s->mark_bits, 0, kBitmapBytes + 8); });
 }
 
 // Splits the written runs into the workers' pieces. False when they do not fit.

@@ -122,20 +122,12 @@ MarkPhase& Phase() {
 }
 
 void ForEachMarkedScanObject(MarkWorker& w) {
-  const std::uintptr_t lo = g_heap.arenas.LoIndex();
-  const std::uintptr_t hi = g_heap.arenas.HiIndex();
-  for (std::uintptr_t ai = lo; ai < hi; ++ai) {
-    HeapArena* a = g_heap.arenas.ArenaOf(ai << kArenaShift);
-    if (a == nullptr) continue;
-    for (std::size_t pg = 0; pg < kPagesPerArena; ++pg) {
-      if (!TestPageBit(a->page_in_use, pg)) continue;
-      Span* s = a->SpanAt(pg);
-      if (s == nullptr || s->state != SpanState::kInUse || s->spanclass.NoScan()) continue;
-      for (std::size_t i = 0; i < s->nelems; ++i) {
-        if (s->IsMarked(i)) w.ScanObjectContents(s->ObjBase(i));
-      }
+  ForEachInUseSpan([&w](Span* s) {
+    if (s->spanclass.NoScan()) return;
+    for (std::size_t i = 0; i < s->nelems; ++i) {
+      if (s->IsMarked(i)) w.ScanObjectContents(s->ObjBase(i));
     }
-  }
+  });
 }
 
 void RunWorker(MarkPhase& ph, int id) {

@@ -69,6 +69,23 @@ void ResetHeapLocksAfterFork();
 // Frees a span's pages (sweep found it empty). Takes the heap lock.
 void FreeSpanToHeap(Span* s);
 
+// Calls fn(Span*) for every in-use span, in address order (Go: the walks over
+// heapArena.pageInUse). The world is stopped: no span changes meanwhile.
+template <typename Fn>
+void ForEachInUseSpan(Fn&& fn) {
+  const std::uintptr_t lo = g_heap.arenas.LoIndex();
+  const std::uintptr_t hi = g_heap.arenas.HiIndex();
+  for (std::uintptr_t ai = lo; ai < hi; ++ai) {
+    HeapArena* a = g_heap.arenas.ArenaOf(ai << kArenaShift);
+    if (a == nullptr) continue;
+    for (std::size_t pg = 0; pg < kPagesPerArena; ++pg) {
+      if (!TestPageBit(a->page_in_use, pg)) continue;
+      Span* s = a->SpanAt(pg);
+      if (s != nullptr && s->state == SpanState::kInUse) fn(s);
+    }
+  }
+}
+
 }  // namespace gofin::internal
 
 namespace gofin::internal {
