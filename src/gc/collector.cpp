@@ -80,9 +80,9 @@ void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp, bool scan_self
 }
 
 struct CycleArgs {
-  bool forced;
-  bool scan_own_stack;
-  CycleKind kind;
+  bool forced = false;
+  bool scan_own_stack = true;
+  CycleKind kind = CycleKind::kPaced;
   bool was_minor = false;  // out
 };
 

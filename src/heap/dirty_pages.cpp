@@ -45,7 +45,7 @@ struct Range {
   std::uintptr_t hi;
 };
 struct State {
-  Range ranges[kMaxRanges];
+  Range ranges[kMaxRanges] = {};
   std::size_t nranges = 0;
   bool overflowed = false;  // more reservations than slots: tracking cannot be enabled
   int uffd = -1;
