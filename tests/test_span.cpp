@@ -459,15 +459,48 @@ TEST(Span, NextFreeRunClaimsFreeObjectsUpToTheWordEnd) {
   EXPECT_EQ(s.alloc_count, 3U + 3U + 59U + 6U);
 }
 
+TEST(Span, NextFreeRunSpansWhollyFreeWords) {
+  TestSpan t(2);
+  Span& s = *t.span;
+  LoadPattern(s, std::vector<bool>(s.nelems, false), 0);
+  std::uint32_t count = 0;
+  EXPECT_EQ(TakeRun(s, count), 0U);
+  EXPECT_EQ(count, 512U);  // an empty span is one run
+  EXPECT_EQ(TakeRun(s, count), 512U);
+  // Free words after a partly allocated one: the run goes on while whole words are free.
+  std::vector<bool> allocated(s.nelems, false);
+  allocated[200] = allocated[300] = true;
+  LoadPattern(s, allocated, 0);
+  EXPECT_EQ(TakeRun(s, count), 0U);
+  EXPECT_EQ(count, 192U);  // words 0..2 whole; word 3 holds object 200
+  EXPECT_EQ(TakeRun(s, count), 192U);
+  EXPECT_EQ(count, 8U);
+  EXPECT_EQ(TakeRun(s, count), 201U);
+  EXPECT_EQ(count, 55U);  // 201..255: word 4 holds object 300
+  EXPECT_EQ(TakeRun(s, count), 256U);
+  EXPECT_EQ(count, 44U);
+  EXPECT_EQ(TakeRun(s, count), 301U);
+  EXPECT_EQ(count, 211U);  // 301..319, then words 5..7 whole
+  EXPECT_EQ(TakeRun(s, count), 512U);
+  // A class whose last word is partial (24-byte objects: 341 per span).
+  TestSpan t24(3);
+  Span& s24 = *t24.span;
+  ASSERT_EQ(s24.nelems, 341U);
+  LoadPattern(s24, std::vector<bool>(s24.nelems, false), 0);
+  EXPECT_EQ(TakeRun(s24, count), 0U);
+  EXPECT_EQ(count, 341U);
+  EXPECT_EQ(TakeRun(s24, count), 341U);
+}
+
 TEST(Span, FreeIndexSaysExactlyWhatARunHandedOut) {
   TestSpan t(2);
   Span& s = *t.span;
   LoadPattern(s, std::vector<bool>(s.nelems, false), 0);
   std::uint32_t count = 0;
   ASSERT_EQ(TakeRun(s, count, 5), 0U);
-  ASSERT_EQ(count, 64U);
+  ASSERT_EQ(count, 512U);
   for (std::size_t i = 0; i < 5; ++i) EXPECT_TRUE(s.IsAllocatedFromAnyThread(i)) << i;
-  for (std::size_t i = 5; i < 64; ++i) EXPECT_FALSE(s.IsAllocatedFromAnyThread(i)) << i;
+  for (std::size_t i = 5; i < 512; ++i) EXPECT_FALSE(s.IsAllocatedFromAnyThread(i)) << i;
 }
 
 TEST(Span, RunsVisitExactlyTheFreeObjects) {

@@ -161,6 +161,13 @@ struct Span {
     mark_bits[i / 8] |= static_cast<std::uint8_t>(1U << (i % 8));
   }
 
+  // Allocation bits of objects [64 * w, 64 * w + 64).
+  [[nodiscard]] std::uint64_t AllocWord(std::size_t w) const {
+    std::uint64_t v = 0;
+    std::memcpy(&v, alloc_bits + w * 8, sizeof(v));
+    return v;
+  }
+
   // Go: refillAllocCache. whichByte is a multiple of 8.
   void RefillAllocCache(std::size_t which_byte) {
     std::uint64_t v = 0;
@@ -196,7 +203,8 @@ struct Span {
   }
 
   // gofin: NextFreeIndex, extended to every free object after it up to the end of its
-  // allocCache word, all claimed at once for the thread cache's bump allocation
+  // allocCache word, and on over every following word that is wholly free (a span swept empty
+  // or fresh is one run), all claimed at once for the thread cache's bump allocation
   // (ThreadCache::runs): alloc_count counts them and allocCache moves past them, but freeindex
   // only past the first. The cache moves freeindex on as it hands each object out, so that
   // IsAllocated stays exact for every thread; until the run is used up (or given back with
@@ -206,18 +214,19 @@ struct Span {
     const std::uint32_t first = NextFreeIndex();
     count = 0;
     if (first == nelems) return first;
-    std::uint32_t extra = 0;
-    const std::uint32_t next = freeindex;
-    // At a word boundary NextFreeIndex has loaded the next word already: the run ends here.
-    if (next % 64 != 0) {
-      extra = std::min(static_cast<std::uint32_t>(std::countr_one(alloc_cache)), nelems - next);
-      if (extra != 0) {
-        alloc_cache = extra >= 64 ? 0 : alloc_cache >> extra;
-        const std::uint32_t end = next + extra;
-        if (end % 64 == 0 && end != nelems) RefillAllocCache(end / 8);
-      }
+    std::uint32_t end = freeindex;
+    // NextFreeIndex left allocCache at end; at a word boundary it has loaded the next word.
+    if (end % 64 != 0) {
+      const auto extra =
+          std::min(static_cast<std::uint32_t>(std::countr_one(alloc_cache)), nelems - end);
+      end += extra;
+      if (end % 64 != 0) alloc_cache >>= extra;  // extra < 64 here
     }
-    count = 1 + extra;
+    while (end % 64 == 0 && end < nelems && AllocWord(end / 64) == 0) {
+      end = std::min(end + 64, nelems);  // bits past nelems are clear: stop there
+    }
+    if (end % 64 == 0 && end < nelems) RefillAllocCache(end / 8);
+    count = end - first;
     alloc_count += count;
     return first;
   }
