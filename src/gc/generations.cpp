@@ -18,9 +18,10 @@ namespace {
 
 using dirty::kOsPageSize;
 
-// A major cycle at least this often, so that an unreachable old object's finalizer, cleanups
-// and weak pointers wait a bounded number of cycles (bdwgc: GC_full_freq, 19).
-constexpr std::uint32_t kMaxMinorCycles = 16;
+// At most this many minor cycles in a row, so that a major one comes at least every 16 cycles
+// and an unreachable old object's finalizer, cleanups and weak pointers wait a bounded number
+// of cycles (bdwgc: GC_full_freq, 19).
+constexpr std::uint32_t kMaxMinorCycles = 15;
 // Old objects may outgrow the last major cycle's live heap by this fraction (and by at least
 // kMinOldGrowth) before a major cycle frees the dead ones: what was promoted and then dropped
 // would otherwise raise the heap goal cycle after cycle.

@@ -11,9 +11,8 @@
 // young object can only be reachable from an old one through such a write, because every old
 // object's referents were marked (old) when the object itself was. A major cycle clears the
 // marks first and is Go's full mark. Unreachable old objects (and their finalizers, cleanups
-// and weak pointers) wait for the next major cycle, which comes at least every
-// kMaxMinorCycles cycles and sooner when the old objects outgrow the last full mark's live
-// heap by a quarter.
+// and weak pointers) wait for the next major cycle, which comes at least every 16 cycles and
+// sooner when the old objects outgrow the last full mark's live heap by a quarter.
 #include <cstdint>
 
 namespace gofin::internal {
