@@ -7,9 +7,8 @@
 // so gofin starts fresh there) and report the failing step through the exit code and stderr.
 // Exactness as in test_misuse.cpp: objects whose fate is checked come from short-lived threads,
 // addresses are XOR-hidden, and collections use testing::GC(kNoHeapPointers).
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -54,8 +53,8 @@ constexpr bool kTsan = false;
 #endif
 // ThreadSanitizer cannot run under an address-space limit (its own allocator's mmaps fail) nor
 // start threads in a child forked from a multi-threaded process (die_after_fork).
-#define SKIP_UNDER_TSAN(why)                                           \
-  do {                                                                 \
+#define SKIP_UNDER_TSAN(why)                                         \
+  do {                                                               \
     if (kTsan) GTEST_SKIP() << "not under ThreadSanitizer: " << why; \
   } while (0)
 
@@ -64,7 +63,9 @@ constexpr std::uint64_t kCanary = 0x0DDBA11CAFEBABE5ULL;
 constexpr std::uint64_t kMiB = 1 << 20;
 
 void ExactGC() { gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers); }
-bool Drain(std::chrono::seconds s = 60s) { return gofin::testing::BlockUntilEmptyFinalizerQueue(s); }
+bool Drain(std::chrono::seconds s = 60s) {
+  return gofin::testing::BlockUntilEmptyFinalizerQueue(s);
+}
 
 template <class F>
 void InThread(F&& fn) {
@@ -93,7 +94,8 @@ class FaultsEnv : public ::testing::Environment {
     gofin::debug::SetGCPercent(-1);
   }
 };
-[[maybe_unused]] ::testing::Environment* const g_env = ::testing::AddGlobalTestEnvironment(new FaultsEnv);
+[[maybe_unused]] ::testing::Environment* const g_env =
+    ::testing::AddGlobalTestEnvironment(new FaultsEnv);
 
 // FAULTS_TRACE=<file>: children append their progress there (death tests swallow stderr).
 void Trace(const char* what) {
@@ -101,7 +103,8 @@ void Trace(const char* what) {
   if (path == nullptr) return;
   static const auto t0 = Clock::now();
   if (std::FILE* f = std::fopen(path, "a")) {
-    std::fprintf(f, "[%d %.3fs] %s\n", static_cast<int>(getpid()), std::chrono::duration<double>(Clock::now() - t0).count(), what);
+    std::fprintf(f, "[%d %.3fs] %s\n", static_cast<int>(getpid()),
+                 std::chrono::duration<double>(Clock::now() - t0).count(), what);
     std::fclose(f);
   }
 }
@@ -116,8 +119,9 @@ void Trace(const char* what) {
 }
 
 bool HeapRelationsHold(const gofin::MemStats& m) {
-  return m.HeapInuse <= m.HeapSys && m.HeapIdle == m.HeapSys - m.HeapInuse && m.HeapReleased <= m.HeapIdle &&
-         m.Mallocs >= m.Frees && m.Mallocs - m.Frees == m.HeapObjects && m.Alloc == m.HeapAlloc &&
+  return m.HeapInuse <= m.HeapSys && m.HeapIdle == m.HeapSys - m.HeapInuse &&
+         m.HeapReleased <= m.HeapIdle && m.Mallocs >= m.Frees &&
+         m.Mallocs - m.Frees == m.HeapObjects && m.Alloc == m.HeapAlloc &&
          m.HeapAlloc <= m.HeapInuse && m.HeapAlloc <= m.TotalAlloc && m.Sys >= m.HeapSys;
 }
 
@@ -228,12 +232,18 @@ enum class OomKind { kLarge, kSmall, kSmallWithFinalizers };
   for (int i = 0; i < 12; ++i) {
     try {
       switch (i % 4) {
-        case 0: gofin::Alloc(kMiB); break;
+        case 0:
+          gofin::Alloc(kMiB);
+          break;
         case 1:
           for (int k = 0; k < 100000; ++k) gofin::New<Link>();
           break;
-        case 2: gofin::NewArray<std::uint64_t>(5000); break;
-        default: gofin::AllocNoScan(100000); break;
+        case 2:
+          gofin::NewArray<std::uint64_t>(5000);
+          break;
+        default:
+          gofin::AllocNoScan(100000);
+          break;
       }
     } catch (const std::bad_alloc&) {
       ++failures;
@@ -256,13 +266,17 @@ enum class OomKind { kLarge, kSmall, kSmallWithFinalizers };
 
   Trace("drained");
   // The heap is consistent and everything kept is intact.
-  if (!HeapRelationsHold(gofin::ReadMemStats())) ChildFail(6, "MemStats relations broken after OOM");
+  if (!HeapRelationsHold(gofin::ReadMemStats()))
+    ChildFail(6, "MemStats relations broken after OOM");
   std::uint64_t count = 0;
   for (auto* p = head.get(); p != nullptr; p = reinterpret_cast<Payload*>(p->link.prev)) {
-    if (p->link.canary != kCanary || p->link.index != n - 1 - count) ChildFail(7, "kept chain corrupted after OOM");
-    if (kind == OomKind::kSmallWithFinalizers && (p->bytes == nullptr || p->bytes[3999] != static_cast<unsigned char>(p->link.index)))
+    if (p->link.canary != kCanary || p->link.index != n - 1 - count)
+      ChildFail(7, "kept chain corrupted after OOM");
+    if (kind == OomKind::kSmallWithFinalizers &&
+        (p->bytes == nullptr || p->bytes[3999] != static_cast<unsigned char>(p->link.index)))
       ChildFail(7, "kept payload corrupted after OOM");
-    if (kind == OomKind::kLarge && (p->bytes == nullptr || p->bytes[kMiB - 1] != static_cast<unsigned char>(p->link.index)))
+    if (kind == OomKind::kLarge &&
+        (p->bytes == nullptr || p->bytes[kMiB - 1] != static_cast<unsigned char>(p->link.index)))
       ChildFail(7, "kept payload corrupted after OOM");
     ++count;
   }
@@ -289,12 +303,15 @@ enum class OomKind { kLarge, kSmall, kSmallWithFinalizers };
   } catch (const std::bad_alloc&) {
     const gofin::MemStats m = gofin::ReadMemStats();
     char msg[256];
-    std::snprintf(msg, sizeof msg,
-                  "allocation fails after the heap was freed (HeapSys %llu MiB, HeapInuse %llu MiB, "
-                  "HeapAlloc %llu MiB, HeapReleased %llu MiB, HeapObjects %llu)",
-                  static_cast<unsigned long long>(m.HeapSys >> 20), static_cast<unsigned long long>(m.HeapInuse >> 20),
-                  static_cast<unsigned long long>(m.HeapAlloc >> 20), static_cast<unsigned long long>(m.HeapReleased >> 20),
-                  static_cast<unsigned long long>(m.HeapObjects));
+    std::snprintf(
+        msg, sizeof msg,
+        "allocation fails after the heap was freed (HeapSys %llu MiB, HeapInuse %llu MiB, "
+        "HeapAlloc %llu MiB, HeapReleased %llu MiB, HeapObjects %llu)",
+        static_cast<unsigned long long>(m.HeapSys >> 20),
+        static_cast<unsigned long long>(m.HeapInuse >> 20),
+        static_cast<unsigned long long>(m.HeapAlloc >> 20),
+        static_cast<unsigned long long>(m.HeapReleased >> 20),
+        static_cast<unsigned long long>(m.HeapObjects));
     ChildFail(12, msg);
   }
   static std::atomic<int> late{0};
@@ -302,8 +319,10 @@ enum class OomKind { kLarge, kSmall, kSmallWithFinalizers };
   InThread([] { gofin::SetFinalizer(gofin::New<Link>(), [](Link*) { late.fetch_add(1); }); });
   ExactGC();
   if (!Drain() || late.load() != 1) ChildFail(13, "finalizers stopped working after OOM");
-  std::fprintf(stderr, "OOM after %llu objects in %.1f s; %zu holes; %d of 12 refused with no address space\n",
-               static_cast<unsigned long long>(n), to_wall, nholes, failures);
+  std::fprintf(
+      stderr,
+      "OOM after %llu objects in %.1f s; %zu holes; %d of 12 refused with no address space\n",
+      static_cast<unsigned long long>(n), to_wall, nholes, failures);
   _exit(0);
 }
 
@@ -351,7 +370,8 @@ TEST(Faults, MemoryLimitBelowTheLiveHeapStillCompletes) {
   const gofin::MemStats after = gofin::ReadMemStats();
   gofin::debug::SetMemoryLimit(old_limit);
   const std::uint64_t cycles = after.NumGC - before.NumGC;
-  EXPECT_GE(cycles, 8U) << "the limit must make collections happen (256 MiB of garbage, 1 MiB limit)";
+  EXPECT_GE(cycles, 8U)
+      << "the limit must make collections happen (256 MiB of garbage, 1 MiB limit)";
   EXPECT_LE(cycles, 2000U) << "but not one per allocation";
   EXPECT_LT(secs, 60.0);
   EXPECT_LT(peak_inuse, 200 * kMiB) << "the heap did not stay near the live size";
@@ -378,7 +398,7 @@ TEST(Faults, MemoryLimitOfZeroStillCompletes) {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-gofin_test::Event g_latch;           // opened by the test: the blocking finalizer returns
+gofin_test::Event g_latch;            // opened by the test: the blocking finalizer returns
 gofin_test::Event g_blocker_started;  // set by the blocking finalizer
 std::atomic<int> g_after_blocker{0};
 
@@ -425,7 +445,8 @@ TEST(Faults, BlockingFinalizerDelaysOnlyTheOtherFinalizers) {
   EXPECT_EQ(dtors.load(), 0) << "queued objects are kept";
   EXPECT_GE(gofin::ReadMemStats().NumGC, base.NumGC + 30);
   // The queue holds 300 small objects; 240 MiB of garbage went by.
-  EXPECT_LE(worst, base.HeapAlloc + 4 * kMiB) << "the heap grew with the garbage while a finalizer blocked";
+  EXPECT_LE(worst, base.HeapAlloc + 4 * kMiB)
+      << "the heap grew with the garbage while a finalizer blocked";
   EXPECT_FALSE(gofin::testing::BlockUntilEmptyFinalizerQueue(50ms));
 
   g_latch.Set();
@@ -516,7 +537,8 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
     }
   });
   // Until the holder has them the chains are only XOR-hidden: no collection before that.
-  ASSERT_TRUE(changed.WaitFor(120s, [&] { return taken.load(); })) << "the holder never took the chains";
+  ASSERT_TRUE(changed.WaitFor(120s, [&] { return taken.load(); }))
+      << "the holder never took the chains";
   for (int r = 1; r <= 10; ++r) {
     // Other threads reuse the exited thread's spans; collections come from here.
     std::vector<std::thread> churn;
@@ -533,7 +555,8 @@ TEST(Faults, ObjectsOfAnExitedThreadSurviveWhileAnotherThreadHoldsThem) {
     }
     round = r;
     changed.Notify();
-    ASSERT_TRUE(changed.WaitFor(120s, [&] { return verified.load() == r; })) << "round " << r << " never verified";
+    ASSERT_TRUE(changed.WaitFor(120s, [&] { return verified.load() == r; }))
+        << "round " << r << " never verified";
   }
   EXPECT_EQ(bad.load(), 0) << "objects of an exited thread were freed or overwritten while held";
   EXPECT_EQ(dtors.load(), 0);
@@ -578,7 +601,8 @@ TEST(Faults, TenThousandThreadsCreatedAndDestroyed) {
       for (int k = 0; k < 8; ++k) gofin::New<Counted>(&dtors);
       auto* f = gofin::New<Counted>(&dtors);
       gofin::SetFinalizer(f, [](Counted*) { fins.fetch_add(1); });
-      if ((i + j) % 97 == 0) (*keep)[static_cast<std::size_t>((i + j) / 97 % 64)] = gofin::New<Counted>(&dtors);
+      if ((i + j) % 97 == 0)
+        (*keep)[static_cast<std::size_t>((i + j) / 97 % 64)] = gofin::New<Counted>(&dtors);
       if ((i + j) % 1000 == 1) gofin::GC();
     };
     std::thread a(body, 0), b(body, 1);
@@ -591,7 +615,8 @@ TEST(Faults, TenThousandThreadsCreatedAndDestroyed) {
     }
   }
   gofin::debug::SetGCPercent(-1);
-  EXPECT_EQ(gofin::internal::RegisteredThreadCount(), registered_before) << "exited threads stay registered";
+  EXPECT_EQ(gofin::internal::RegisteredThreadCount(), registered_before)
+      << "exited threads stay registered";
   delete keep;
   for (int i = 0; i < 3; ++i) {
     ExactGC();
@@ -638,7 +663,8 @@ namespace {
   if (dtors.load() != 100) ChildFail(14, "garbage not freed in the child");
   step(5);  // finalizers run (a new finalizer thread)
   InThread([] {
-    for (int i = 0; i < 10; ++i) gofin::SetFinalizer(gofin::New<Link>(), [](Link*) { fins.fetch_add(1); });
+    for (int i = 0; i < 10; ++i)
+      gofin::SetFinalizer(gofin::New<Link>(), [](Link*) { fins.fetch_add(1); });
   });
   ExactGC();
   if (!Drain(20s) || fins.load() != 10) ChildFail(15, "finalizers do not run in the child");
@@ -653,7 +679,8 @@ namespace {
   }
   for (auto& t : ts) t.join();
   step(7);
-  if (!HeapRelationsHold(gofin::ReadMemStats())) ChildFail(16, "MemStats relations broken in the child");
+  if (!HeapRelationsHold(gofin::ReadMemStats()))
+    ChildFail(16, "MemStats relations broken in the child");
   step(8);
   _exit(0);
 }
@@ -678,7 +705,8 @@ ForkResult ForkAndWait(std::uintptr_t hidden_chain, int chain_len) {
   // wakes at each step it reports and at its end; past the deadline it is killed.
   const auto deadline = Clock::now() + 90s;
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) {
       r.hung = true;
       kill(pid, SIGKILL);
@@ -706,9 +734,11 @@ std::string Describe(const ForkResult& r) {
   if (r.hung) {
     std::snprintf(msg, sizeof msg, "hung (killed after 90 s) in step %d", r.last_step);
   } else if (WIFSIGNALED(r.status)) {
-    std::snprintf(msg, sizeof msg, "killed by signal %d in step %d", WTERMSIG(r.status), r.last_step);
+    std::snprintf(msg, sizeof msg, "killed by signal %d in step %d", WTERMSIG(r.status),
+                  r.last_step);
   } else {
-    std::snprintf(msg, sizeof msg, "exit code %d after step %d", WEXITSTATUS(r.status), r.last_step);
+    std::snprintf(msg, sizeof msg, "exit code %d after step %d", WEXITSTATUS(r.status),
+                  r.last_step);
   }
   return msg;
 }

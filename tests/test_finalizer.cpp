@@ -18,7 +18,6 @@
 // What a finalizer saw is recorded in atomics; addresses are compared XOR-encoded, since an
 // integer equal to an object's address in a global or in the test's frame would be a root.
 #include <gtest/gtest.h>
-
 #include <sys/mman.h>
 
 #include <array>
@@ -40,43 +39,17 @@
 
 #include "finalizer/finalizer_queue.hpp"
 #include "heap/malloc.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using gofin_test::Watchdog;
 
 using namespace std::chrono_literals;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-class Watchdog {
- public:
-  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(300))
-      : thread_([this, what, limit] {
-          std::unique_lock lock(mu_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "WATCHDOG: '%s' did not finish within %lld s; aborting\n", what,
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 [[gnu::noinline]] void ClobberStack() {
   volatile std::uintptr_t buf[16 * 1024];
@@ -104,7 +77,9 @@ void InThread(F&& f) {
 }
 
 volatile std::uintptr_t g_mask = 0x5a5a000000000000ULL;
-std::uintptr_t Encode(const volatile void* p) { return reinterpret_cast<std::uintptr_t>(p) ^ g_mask; }
+std::uintptr_t Encode(const volatile void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) ^ g_mask;
+}
 
 int Load(const std::atomic<int>& a) { return a.load(); }
 
@@ -380,7 +355,7 @@ TEST(FinalizerType, InterfaceOfPolymorphicClass) {
     gofin::SetFinalizer(t, [](Tinter* v) {
       CheckArg(v);
       if (v->M() != kMagic) g_bad_value.fetch_add(1);  // virtual call through the adjusted this
-      auto* full = dynamic_cast<Tint*>(v);           // Go: v.(*Tint)
+      auto* full = dynamic_cast<Tint*>(v);             // Go: v.(*Tint)
       if (full == nullptr || Encode(full) != g_expect_full.load()) g_bad_addr.fetch_add(1);
       g_runs.fetch_add(1);
     });
@@ -478,9 +453,8 @@ TEST(FinalizerType, FunctionObjects) {
     Functor f{kMagic};
     gofin::SetFinalizer(NewTV(), f);
   });
-  ExpectRunsOnce("move-only functor", [] {
-    gofin::SetFinalizer(NewTV(), MoveOnlyFunctor{std::make_unique<int>(99)});
-  });
+  ExpectRunsOnce("move-only functor",
+                 [] { gofin::SetFinalizer(NewTV(), MoveOnlyFunctor{std::make_unique<int>(99)}); });
   ExpectRunsOnce("std::function", [] {
     std::function<void(TV*)> fn = [](TV* v) {
       CheckArg(v);
@@ -627,8 +601,8 @@ TEST(FinalizerInterfaceBig, SeesTheWholeObject) {
       auto* i = static_cast<BigValue*>(any);
       if (!(*i == old)) {
         g_bad_value.fetch_add(1);
-        ADD_FAILURE() << "finalizer called with {" << std::hex << i->fill << ", " << i->it
-                      << ", " << i->up << "}";
+        ADD_FAILURE() << "finalizer called with {" << std::hex << i->fill << ", " << i->it << ", "
+                      << i->up << "}";
       }
       g_runs.fetch_add(1);
     });
@@ -718,8 +692,7 @@ TEST(FinalizerErrors, NotInAllocatedBlock) {
 
   void* mapped = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(mapped, MAP_FAILED);
-  EXPECT_EQ(ErrorOf([&] { gofin::SetFinalizer(static_cast<TV*>(mapped), &FinTV); }),
-            kErrNotInBlock)
+  EXPECT_EQ(ErrorOf([&] { gofin::SetFinalizer(static_cast<TV*>(mapped), &FinTV); }), kErrNotInBlock)
       << "mmap'd memory";
   munmap(mapped, 4096);
 }
@@ -746,8 +719,7 @@ TEST(FinalizerErrors, NotAtBeginningOfAllocatedBlock) {
       << "inner pointer of pointer type";
   EXPECT_EQ(ErrorOf([&] { gofin::SetFinalizer(&o->sub, [](Sub16*) {}); }), kErrNotAtBeginning)
       << "inner pointer to a 16-byte pointer-free member (not tiny: size >= 16)";
-  EXPECT_EQ(ErrorOf([&] { gofin::SetFinalizer(&o->str, [](std::string*) {}); }),
-            kErrNotAtBeginning)
+  EXPECT_EQ(ErrorOf([&] { gofin::SetFinalizer(&o->str, [](std::string*) {}); }), kErrNotAtBeginning)
       << "inner pointer to a non-trivially destructible member";
   TV* inner_tv = reinterpret_cast<TV*>(reinterpret_cast<char*>(o) + 16);
   EXPECT_EQ(ErrorOf([&] { gofin::SetFinalizer(inner_tv, &FinTV); }), kErrNotAtBeginning)
@@ -776,9 +748,7 @@ TEST(FinalizerErrors, NotAtBeginningOfAllocatedBlock) {
   gofin::KeepAlive(both);
   // A large object as well.
   auto* big = static_cast<char*>(gofin::Alloc(64 * 1024));
-  EXPECT_EQ(ErrorOf([&] {
-              gofin::SetFinalizer(reinterpret_cast<TV*>(big + 4096), &FinTV);
-            }),
+  EXPECT_EQ(ErrorOf([&] { gofin::SetFinalizer(reinterpret_cast<TV*>(big + 4096), &FinTV); }),
             kErrNotAtBeginning)
       << "inner pointer of a large object";
   // The failed calls attached nothing: the one at the beginning is the first.
@@ -1017,8 +987,8 @@ struct Object1 {
 struct Object2 {
   char something;
 };
-Object1 g_foo1;             // bss (zero-initialised, dynamic constructor)
-Object2 g_foo2{'x'};        // data
+Object1 g_foo1;              // bss (zero-initialised, dynamic constructor)
+Object2 g_foo2{'x'};         // data
 Object1* g_foo1p = &g_foo1;  // Go: Foo1 = &Object1{}
 long g_data_long = 12345;
 std::atomic<int> g_global_fin{0};
@@ -1043,11 +1013,11 @@ TEST(FinalizerOnGlobal, SetAndRemoveAreSilentNoOps) {
   // it may also have been copied into this executable's bss: a global either way).
   static Object1 local_static;
   EXPECT_NO_THROW(gofin::SetFinalizer(&g_data_long, [](long*) { g_global_fin.fetch_add(1); }));
-  EXPECT_NO_THROW(gofin::SetFinalizer(&g_foo1.something, [](std::vector<char>*) {
-    g_global_fin.fetch_add(1);
-  }));
+  EXPECT_NO_THROW(gofin::SetFinalizer(&g_foo1.something,
+                                      [](std::vector<char>*) { g_global_fin.fetch_add(1); }));
   EXPECT_NO_THROW(gofin::SetFinalizer(&local_static, [](Object1*) { g_global_fin.fetch_add(1); }));
-  EXPECT_NO_THROW(gofin::SetFinalizer(&std::cout, [](std::ostream*) { g_global_fin.fetch_add(1); }));
+  EXPECT_NO_THROW(
+      gofin::SetFinalizer(&std::cout, [](std::ostream*) { g_global_fin.fetch_add(1); }));
   EXPECT_NO_THROW(gofin::SetFinalizer(&std::cout, nullptr));
   EXPECT_NO_THROW(gofin::SetFinalizer(&local_static, nullptr));
 
@@ -1071,7 +1041,7 @@ TEST(FinalizerOnGlobalDeathTest, StartsNoFinalizerThread) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        gofin::SetFinalizer(&g_foo2, [](Object2*) {});        // stateless lambda
+        gofin::SetFinalizer(&g_foo2, [](Object2*) {});          // stateless lambda
         gofin::SetFinalizer(&g_data_long, &GlobalFinalizerFn);  // function pointer
         int captured = 1;
         gofin::SetFinalizer(&g_foo2, [captured](Object2*) { (void)captured; });  // boxed

@@ -33,43 +33,17 @@
 
 #include "heap/malloc.hpp"
 #include "heap/span.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using gofin_test::Watchdog;
 
 using namespace std::chrono_literals;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-class Watchdog {
- public:
-  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(300))
-      : thread_([this, what, limit] {
-          std::unique_lock lock(mu_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "WATCHDOG: '%s' did not finish within %lld s; aborting\n", what,
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 [[gnu::noinline]] void ClobberStack() {
   volatile std::uintptr_t buf[16 * 1024];
@@ -96,7 +70,9 @@ void InThread(F&& f) {
 }
 
 volatile std::uintptr_t g_mask = 0x5a5a000000000000ULL;
-std::uintptr_t Encode(const volatile void* p) { return reinterpret_cast<std::uintptr_t>(p) ^ g_mask; }
+std::uintptr_t Encode(const volatile void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) ^ g_mask;
+}
 
 int Load(const std::atomic<int>& a) { return a.load(); }
 
@@ -603,7 +579,8 @@ TEST_F(Fin, ReferencedObjectsSurviveUntilTheFinalizerRan) {
     gofin::SetFinalizer(w, [](Wide* p) {
       if (p->canary != kCanary) g_ref_bad.fetch_add(1);
       for (int i = 0; i < 6; ++i) {
-        if (!p->refs[i]->Ok() || p->refs[i]->value != std::uint64_t(100 + i)) g_ref_bad.fetch_add(1);
+        if (!p->refs[i]->Ok() || p->refs[i]->value != std::uint64_t(100 + i))
+          g_ref_bad.fetch_add(1);
       }
       if (!p->refs[5]->next->Ok()) g_ref_bad.fetch_add(1);
       if (Load(g_ref_dtors) != 0) g_ref_bad.fetch_add(1000);
@@ -868,8 +845,10 @@ void CheckEndPointer(const char* what, AllocFn alloc, std::size_t n) {
   std::string why;
   ASSERT_TRUE(AdjacentPairWithEndPointer<T>(alloc, n, &why)) << what << ": " << why;
   GCAndDrain();
-  EXPECT_EQ(Load(g_next_runs) - next0, 1) << what << ": finalizer of next object in memory didn't run";
-  EXPECT_EQ(Load(g_self_end_runs) - self0, 0) << what << ": the end pointer must keep its own array";
+  EXPECT_EQ(Load(g_next_runs) - next0, 1)
+      << what << ": finalizer of next object in memory didn't run";
+  EXPECT_EQ(Load(g_self_end_runs) - self0, 0)
+      << what << ": the end pointer must keep its own array";
   g_end_keep = nullptr;
   GCAndDrain();
   EXPECT_EQ(Load(g_self_end_runs) - self0, 1) << what << ": control";
@@ -879,34 +858,35 @@ void CheckEndPointer(const char* what, AllocFn alloc, std::size_t n) {
 // n * sizeof(T) is exactly a size class (320 bytes): without the padding byte, x + n would be
 // the first byte of the next object of that class.
 TEST_F(Fin, EmptySliceNewArray) {
-  CheckEndPointer<long>("NewArray<long>(40)", [](std::size_t n) { return gofin::NewArray<long>(n); },
-                        40);
-  CheckEndPointer<char>("NewArray<char>(320)",
-                        [](std::size_t n) { return gofin::NewArray<char>(n); }, 320);
-  CheckEndPointer<Obj*>("NewArray<Obj*>(40) (scanned)",
-                        [](std::size_t n) { return gofin::NewArray<Obj*>(n); }, 40);
+  CheckEndPointer<long>(
+      "NewArray<long>(40)", [](std::size_t n) { return gofin::NewArray<long>(n); }, 40);
+  CheckEndPointer<char>(
+      "NewArray<char>(320)", [](std::size_t n) { return gofin::NewArray<char>(n); }, 320);
+  CheckEndPointer<Obj*>(
+      "NewArray<Obj*>(40) (scanned)", [](std::size_t n) { return gofin::NewArray<Obj*>(n); }, 40);
 }
 
 TEST_F(Fin, EmptyStringAlloc) {
-  CheckEndPointer<char>("AllocNoScan(320)",
-                        [](std::size_t n) { return static_cast<char*>(gofin::AllocNoScan(n)); },
-                        320);
-  CheckEndPointer<char>("Alloc(320)",
-                        [](std::size_t n) { return static_cast<char*>(gofin::Alloc(n)); }, 320);
+  CheckEndPointer<char>(
+      "AllocNoScan(320)", [](std::size_t n) { return static_cast<char*>(gofin::AllocNoScan(n)); },
+      320);
+  CheckEndPointer<char>(
+      "Alloc(320)", [](std::size_t n) { return static_cast<char*>(gofin::Alloc(n)); }, 320);
 }
 
 TEST_F(Fin, EmptySliceAllocator) {
-  CheckEndPointer<long>("Allocator<long>(40)",
-                        [](std::size_t n) { return gofin::Allocator<long>().allocate(n); }, 40);
+  CheckEndPointer<long>(
+      "Allocator<long>(40)", [](std::size_t n) { return gofin::Allocator<long>().allocate(n); },
+      40);
 }
 
 // Go's literal empty slice: NewArray<T>(0) is a valid object of its own, and its begin == end
 // pointer keeps only it.
 TEST_F(Fin, EmptySliceZeroLength) {
-  CheckEndPointer<long>("NewArray<long>(0)", [](std::size_t n) { return gofin::NewArray<long>(n); },
-                        0);
-  CheckEndPointer<Obj*>("NewArray<Obj*>(0)", [](std::size_t n) { return gofin::NewArray<Obj*>(n); },
-                        0);
+  CheckEndPointer<long>(
+      "NewArray<long>(0)", [](std::size_t n) { return gofin::NewArray<long>(n); }, 0);
+  CheckEndPointer<Obj*>(
+      "NewArray<Obj*>(0)", [](std::size_t n) { return gofin::NewArray<Obj*>(n); }, 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -35,9 +35,12 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
 #include "test_wait.hpp"
 
 namespace {
+
+using gofin_test::Watchdog;
 
 using namespace std::chrono_literals;
 
@@ -63,35 +66,6 @@ constexpr auto kWaitLimit = std::chrono::seconds(120);
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-class Watchdog {
- public:
-  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(300))
-      : thread_([this, what, limit] {
-          std::unique_lock lock(mu_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "WATCHDOG: '%s' did not finish within %lld s; aborting\n", what,
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 [[gnu::noinline]] void ClobberStack() {
   volatile std::uintptr_t buf[16 * 1024];
@@ -404,7 +378,8 @@ TEST_F(FinThreads, BenchmarkFinalizerRunPort) {
   std::vector<std::thread> ts;
   for (int t = 0; t < kRunThreads; ++t) {
     ts.emplace_back([t, &finished, &may_exit, &changed] {
-      for (int i = 0; i < kRunPer; ++i) gofin::SetFinalizer(gofin::New<int>(t * kRunPer + i), &FinInt);
+      for (int i = 0; i < kRunPer; ++i)
+        gofin::SetFinalizer(gofin::New<int>(t * kRunPer + i), &FinInt);
       finished.fetch_add(1);
       changed.Notify();
       // Exit only once the collector has stopped.
@@ -575,7 +550,8 @@ void NormalFin(Plain* /*p*/) {
 // Restores the previous handler however the test ends.
 class HandlerScope {
  public:
-  explicit HandlerScope(gofin::FinalizerErrorHandler h) : prev_(gofin::SetFinalizerErrorHandler(h)) {}
+  explicit HandlerScope(gofin::FinalizerErrorHandler h)
+      : prev_(gofin::SetFinalizerErrorHandler(h)) {}
   ~HandlerScope() {
     if (armed_) gofin::SetFinalizerErrorHandler(prev_);
   }
@@ -604,9 +580,8 @@ TEST_F(FinThreads, ThrowingFinalizerGoesToTheHandlerAndTheNextOnesRun) {
   HandlerScope scope(&Handler);
   const gofin::FinalizerStats s0 = gofin::ReadFinalizerStats();
   InThread([] {
-    gofin::SetFinalizer(gofin::New<Plain>(), [](Plain*) {
-      throw std::runtime_error("boom from a finalizer");
-    });
+    gofin::SetFinalizer(gofin::New<Plain>(),
+                        [](Plain*) { throw std::runtime_error("boom from a finalizer"); });
     gofin::SetFinalizer(gofin::New<Plain>(), [](Plain*) { throw 42; });
     for (int i = 0; i < 5; ++i) gofin::SetFinalizer(gofin::New<Plain>(), &NormalFin);
   });

@@ -19,7 +19,12 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.hpp"
+
 namespace {
+
+using gofin_test::ClobberStack;
+using gofin_test::Watchdog;
 
 #if defined(__SANITIZE_THREAD__)
 constexpr int kScaleDiv = 8;
@@ -38,63 +43,6 @@ constexpr int kScaleDiv = 1;
 #endif
 
 constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
-
-class Watchdog {
- public:
-  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(300))
-      : thread_([this, what, limit] {
-          std::unique_lock lock(mu_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "WATCHDOG: '%s' did not finish within %lld s; aborting\n", what,
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
-
-// Zeroes 128 KiB of the dead stack below the caller, word by word from the stack pointer down
-// (in assembly: an array local would leave the sanitizers' redzones around it unwritten).
-// Writing below %rsp is safe here: a signal handler's frame is dead again once it returned.
-[[gnu::noinline]] void ClobberStack() {
-  asm volatile(
-      "mov %%rsp, %%rdi\n"
-      "lea -131072(%%rsp), %%rcx\n"
-      "1:\n"
-      "sub $8, %%rdi\n"
-      "movq $0, (%%rdi)\n"
-      "cmp %%rcx, %%rdi\n"
-      "ja 1b\n"
-      // The caller-saved registers too: a stopped thread's registers are roots, and a callee
-      // may have left a pointer in one.
-      "xor %%eax, %%eax\n"
-      "xor %%ecx, %%ecx\n"
-      "xor %%edx, %%edx\n"
-      "xor %%esi, %%esi\n"
-      "xor %%edi, %%edi\n"
-      "xor %%r8d, %%r8d\n"
-      "xor %%r9d, %%r9d\n"
-      "xor %%r10d, %%r10d\n"
-      "xor %%r11d, %%r11d\n"
-      :
-      :
-      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
-}
 
 // Before every test, the dead stack below gtest's per-test frames is zeroed, so that the test
 // body's frame (whose unwritten slots, e.g. sanitizer redzones, would otherwise hold words
@@ -188,7 +136,8 @@ Node* Build(Rng& rng, int depth) {
   n->right = (rng.Below(4) != 0) ? Build(rng, depth - 1) : nullptr;
   if ((n->value & 7) == 0) {
     auto* p = static_cast<std::uint64_t*>(gofin::AllocNoScan(Node::kPayloadWords * 8));
-    for (int i = 0; i < Node::kPayloadWords; ++i) p[i] = Mix(n->value, static_cast<std::uint64_t>(i));
+    for (int i = 0; i < Node::kPayloadWords; ++i)
+      p[i] = Mix(n->value, static_cast<std::uint64_t>(i));
     n->payload = p;
   }
   n->checksum = n->Expected();
@@ -312,11 +261,12 @@ TEST(GCStress, ConcurrentTreeBuildersWithAutomaticAndExplicitCollections) {
   // Destructors run only for freed nodes: never more than were made.
   EXPECT_LE(g_destroyed.load() - destroyed0, g_constructed.load() - constructed0);
 
-  std::printf("[ stats    ] %ld nodes made, %ld verified, %llu cycles (%llu forced, %d by the "
-              "GC thread)\n",
-              g_constructed.load() - constructed0, verified_nodes.load(),
-              static_cast<unsigned long long>(m1.NumGC - m0.NumGC),
-              static_cast<unsigned long long>(m1.NumForcedGC - m0.NumForcedGC), explicit_gcs);
+  std::printf(
+      "[ stats    ] %ld nodes made, %ld verified, %llu cycles (%llu forced, %d by the "
+      "GC thread)\n",
+      g_constructed.load() - constructed0, verified_nodes.load(),
+      static_cast<unsigned long long>(m1.NumGC - m0.NumGC),
+      static_cast<unsigned long long>(m1.NumForcedGC - m0.NumForcedGC), explicit_gcs);
   // The workers are gone: every node they made is garbage, each destroyed exactly once.
   CollectClean();
   CollectClean();

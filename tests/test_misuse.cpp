@@ -8,7 +8,6 @@
 // testing::GC(kNoHeapPointers) so that this thread's stale stack words keep nothing alive.
 // Calls that might hang run in a death-test child with an alarm: a hang fails the test.
 #include <gtest/gtest.h>
-
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -77,7 +76,8 @@ void ExpectGofinError(Fn&& fn, const char* message) {
 
 constexpr const char* kNil = "runtime.SetFinalizer: first argument is nil";
 constexpr const char* kNotInBlock = "runtime.SetFinalizer: pointer not in allocated block";
-constexpr const char* kNotAtBeginning = "runtime.SetFinalizer: pointer not at beginning of allocated block";
+constexpr const char* kNotAtBeginning =
+    "runtime.SetFinalizer: pointer not at beginning of allocated block";
 constexpr const char* kAlreadySet = "runtime.SetFinalizer: finalizer already set";
 
 class MisuseEnv : public ::testing::Environment {
@@ -87,7 +87,8 @@ class MisuseEnv : public ::testing::Environment {
     gofin::debug::SetGCPercent(-1);                  // only explicit collections
   }
 };
-[[maybe_unused]] ::testing::Environment* const g_env = ::testing::AddGlobalTestEnvironment(new MisuseEnv);
+[[maybe_unused]] ::testing::Environment* const g_env =
+    ::testing::AddGlobalTestEnvironment(new MisuseEnv);
 
 std::atomic<int> g_fins{0};
 void CountFin(Counted*) { g_fins.fetch_add(1); }
@@ -158,7 +159,9 @@ TEST(Misuse, SetFinalizerOnThreadLocalThrows) {
   // Static TLS lives in the thread's TLS block (the brk heap for the main thread, the top of
   // the stack mapping for others): neither the GC heap nor a data segment.
   ExpectGofinError([&] { gofin::SetFinalizer(&t_tls_plain, [](Plain*) {}); }, kNotInBlock);
-  InThread([] { ExpectGofinError([&] { gofin::SetFinalizer(&t_tls_plain, [](Plain*) {}); }, kNotInBlock); });
+  InThread([] {
+    ExpectGofinError([&] { gofin::SetFinalizer(&t_tls_plain, [](Plain*) {}); }, kNotInBlock);
+  });
 }
 
 TEST(Misuse, SetFinalizerOnGlobalIsASilentNoOp) {
@@ -213,8 +216,10 @@ TEST(Misuse, InnerPointerIntoATinyBlockIsAllowed) {
   InThread([] {
     auto* a = gofin::New<std::uint32_t>(1u);
     auto* b = gofin::New<std::uint32_t>(2u);  // very likely the same tiny block, offset 4
-    EXPECT_NO_THROW(gofin::SetFinalizer(a, [](std::uint32_t* p) { ran.fetch_add(static_cast<int>(*p)); }));
-    EXPECT_NO_THROW(gofin::SetFinalizer(b, [](std::uint32_t* p) { ran.fetch_add(static_cast<int>(*p)); }));
+    EXPECT_NO_THROW(
+        gofin::SetFinalizer(a, [](std::uint32_t* p) { ran.fetch_add(static_cast<int>(*p)); }));
+    EXPECT_NO_THROW(
+        gofin::SetFinalizer(b, [](std::uint32_t* p) { ran.fetch_add(static_cast<int>(*p)); }));
   });
   Cycle();
   EXPECT_EQ(ran.load(), 3) << "both tiny objects' finalizers run once the block is unreachable";
@@ -226,8 +231,10 @@ TEST(Misuse, SecondSetFinalizerThrowsAndKeepsTheFirst) {
   InThread([] {
     auto* x = gofin::New<Plain>();
     gofin::SetFinalizer(x, [](Plain*) { first.fetch_add(1); });
-    ExpectGofinError([&] { gofin::SetFinalizer(x, [](Plain*) { second.fetch_add(1); }); }, kAlreadySet);
-    ExpectGofinError([&] { gofin::SetFinalizer(x, [](void*) { second.fetch_add(1); }); }, kAlreadySet);
+    ExpectGofinError([&] { gofin::SetFinalizer(x, [](Plain*) { second.fetch_add(1); }); },
+                     kAlreadySet);
+    ExpectGofinError([&] { gofin::SetFinalizer(x, [](void*) { second.fetch_add(1); }); },
+                     kAlreadySet);
   });
   for (int i = 0; i < 3; ++i) Cycle();
   EXPECT_EQ(first.load(), 1);
@@ -288,7 +295,8 @@ TEST(Misuse, SetFinalizerOnAFreedObjectThrows) {
     threw = true;
     EXPECT_STREQ(e.what(), kNotInBlock);
   }
-  EXPECT_TRUE(threw) << "SetFinalizer on a freed object was accepted: the finalizer is now attached to a free slot";
+  EXPECT_TRUE(threw) << "SetFinalizer on a freed object was accepted: the finalizer is now "
+                        "attached to a free slot";
   // What that does to the next object in the slot:
   bool reused = false;
   InThread([&] {
@@ -299,13 +307,16 @@ TEST(Misuse, SetFinalizerOnAFreedObjectThrows) {
       try {
         gofin::SetFinalizer(c, [](Counted*) {});
       } catch (const gofin::Error& e) {
-        ADD_FAILURE() << "a fresh object allocated in the freed slot inherited the stray finalizer: " << e.what();
+        ADD_FAILURE()
+            << "a fresh object allocated in the freed slot inherited the stray finalizer: "
+            << e.what();
       }
     }
   });
   Cycle();
   Cycle();
-  EXPECT_EQ(stray.load(), 0) << "the stray finalizer ran (on freed memory or on a stranger's object)";
+  EXPECT_EQ(stray.load(), 0)
+      << "the stray finalizer ran (on freed memory or on a stranger's object)";
 }
 
 TEST(Misuse, SetFinalizerOnMemoryOfAFreedLargeObjectThrows) {
@@ -385,7 +396,8 @@ TEST(Misuse, PointerHeldOnlyByAnUnregisteredThreadIsCollected) {
   release.Set();
   holder.join();
   ASSERT_TRUE(held) << "the holder thread never took the pointer";
-  EXPECT_EQ(dtors.load(), 1) << "an unregistered thread's stack is not a root (use gofin::ThreadScope)";
+  EXPECT_EQ(dtors.load(), 1)
+      << "an unregistered thread's stack is not a root (use gofin::ThreadScope)";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -393,8 +405,10 @@ TEST(Misuse, PointerHeldOnlyByAnUnregisteredThreadIsCollected) {
 // ---------------------------------------------------------------------------------------------
 
 TEST(Misuse, NewArrayOverflowThrowsBadAlloc) {
-  EXPECT_THROW(gofin::NewArray<std::uint64_t>(std::numeric_limits<std::size_t>::max() / 4), std::bad_alloc);
-  EXPECT_THROW(gofin::NewArray<Plain>(std::numeric_limits<std::size_t>::max() / sizeof(Plain) + 1), std::bad_alloc);
+  EXPECT_THROW(gofin::NewArray<std::uint64_t>(std::numeric_limits<std::size_t>::max() / 4),
+               std::bad_alloc);
+  EXPECT_THROW(gofin::NewArray<Plain>(std::numeric_limits<std::size_t>::max() / sizeof(Plain) + 1),
+               std::bad_alloc);
   EXPECT_THROW(gofin::NewArray<char>(std::numeric_limits<std::size_t>::max()), std::bad_alloc);
   gofin::Allocator<Plain> a;
   EXPECT_THROW(a.allocate(std::numeric_limits<std::size_t>::max() / 2), std::bad_alloc);
@@ -408,7 +422,7 @@ TEST(Misuse, ImpossiblySizedAllocationsThrowBadAlloc) {
   EXPECT_THROW(gofin::Alloc(std::numeric_limits<std::size_t>::max()), std::bad_alloc);
   EXPECT_THROW(gofin::AllocNoScan(std::numeric_limits<std::size_t>::max()), std::bad_alloc);
   EXPECT_THROW(gofin::Alloc(std::numeric_limits<std::size_t>::max() - 1), std::bad_alloc);
-  EXPECT_THROW(gofin::Alloc(std::size_t{1} << 50), std::bad_alloc);   // 1 PiB
+  EXPECT_THROW(gofin::Alloc(std::size_t{1} << 50), std::bad_alloc);  // 1 PiB
   EXPECT_THROW(gofin::AllocNoScan(std::size_t{1} << 47), std::bad_alloc);
   auto* p = static_cast<char*>(gofin::Alloc(1 << 20));
   ASSERT_NE(p, nullptr);
@@ -439,10 +453,14 @@ TEST(Misuse, NewArrayOfSmallNoScanTypeIsAligned) {
       auto* u32 = gofin::NewArray<std::uint32_t>(n);
       gofin::AllocNoScan(2);
       auto* u16 = gofin::NewArray<std::uint16_t>(n);
-      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(u64) % alignof(std::uint64_t), 0U) << "NewArray<uint64_t>(1) = " << u64;
-      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(dbl) % alignof(double), 0U) << "NewArray<double>(1) = " << dbl;
-      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(u32) % alignof(std::uint32_t), 0U) << "NewArray<uint32_t>(" << n << ") = " << u32;
-      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(u16) % alignof(std::uint16_t), 0U) << "NewArray<uint16_t>(" << n << ") = " << u16;
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(u64) % alignof(std::uint64_t), 0U)
+          << "NewArray<uint64_t>(1) = " << u64;
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(dbl) % alignof(double), 0U)
+          << "NewArray<double>(1) = " << dbl;
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(u32) % alignof(std::uint32_t), 0U)
+          << "NewArray<uint32_t>(" << n << ") = " << u32;
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(u16) % alignof(std::uint16_t), 0U)
+          << "NewArray<uint16_t>(" << n << ") = " << u16;
     }
   }
 }
@@ -462,9 +480,15 @@ TEST(Misuse, AllocNoScanOfSmallSizesIsAlignedLikeGo) {
 
 TEST(Misuse, OverAlignedTypesUpToTheLimitAreHonoured) {
   // Above 8192 bytes New<T> does not compile (ctest compile_fail_alignment_too_big).
-  struct alignas(64) A64 { char c; };
-  struct alignas(4096) A4K { char c; };
-  struct alignas(8192) A8K { char c; };
+  struct alignas(64) A64 {
+    char c;
+  };
+  struct alignas(4096) A4K {
+    char c;
+  };
+  struct alignas(8192) A8K {
+    char c;
+  };
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(reinterpret_cast<std::uintptr_t>(gofin::New<A64>()) % 64, 0U);
     EXPECT_EQ(reinterpret_cast<std::uintptr_t>(gofin::NewArray<A64>(3)) % 64, 0U);
@@ -526,12 +550,15 @@ namespace {
 struct ReadsStats {
   ~ReadsStats() {
     const gofin::MemStats m = gofin::ReadMemStats();
-    std::printf("ReadMemStats in a destructor: NumGC=%llu\n", static_cast<unsigned long long>(m.NumGC));
+    std::printf("ReadMemStats in a destructor: NumGC=%llu\n",
+                static_cast<unsigned long long>(m.NumGC));
   }
   std::uint64_t pad[2] = {};
 };
 struct SetsFinalizerOnNeighbour {
-  ~SetsFinalizerOnNeighbour() { gofin::SetFinalizer(neighbour->get(), [](Plain*) {}); }
+  ~SetsFinalizerOnNeighbour() {
+    gofin::SetFinalizer(neighbour->get(), [](Plain*) {});
+  }
   static inline gofin::Root<Plain>* neighbour = nullptr;
   std::uint64_t pad[2] = {};
 };
@@ -557,7 +584,8 @@ TEST(MisuseDeathTest, SetFinalizerFromADestructorDoesNotHang) {
     InThread([] {
       // Two objects of one span: the garbage one's destructor touches the live one.
       gofin::New<SetsFinalizerOnNeighbour>();
-      *SetsFinalizerOnNeighbour::neighbour = reinterpret_cast<Plain*>(gofin::New<SetsFinalizerOnNeighbour>());
+      *SetsFinalizerOnNeighbour::neighbour =
+          reinterpret_cast<Plain*>(gofin::New<SetsFinalizerOnNeighbour>());
     });
     try {
       ExactGC();
@@ -592,14 +620,18 @@ TEST(Misuse, BlockUntilEmptyFinalizerQueueFromAFinalizerTimesOut) {
     });
   });
   Cycle();
-  EXPECT_EQ(result.load(), 0) << "the queue is not idle while a finalizer runs: false after the timeout, no deadlock";
+  EXPECT_EQ(result.load(), 0)
+      << "the queue is not idle while a finalizer runs: false after the timeout, no deadlock";
 }
 
 TEST(MisuseDeathTest, ThrowingFinalizerWithTheDefaultHandlerTerminates) {
   EXPECT_DEATH(
       {
         gofin::debug::SetGCPercent(-1);
-        InThread([] { gofin::SetFinalizer(gofin::New<Plain>(), [](Plain*) { throw std::runtime_error("boom"); }); });
+        InThread([] {
+          gofin::SetFinalizer(gofin::New<Plain>(),
+                              [](Plain*) { throw std::runtime_error("boom"); });
+        });
         ExactGC();
         // The finalizer thread terminates the process while it runs the finalizer: this
         // returns only if it did not (then the statement ends and the death test fails).
@@ -611,13 +643,14 @@ TEST(MisuseDeathTest, ThrowingFinalizerWithTheDefaultHandlerTerminates) {
 TEST(Misuse, ThrowingFinalizerGoesToTheHandlerAndTheNextOneRuns) {
   static std::atomic<int> handled{0}, ran{0};
   handled = ran = 0;
-  const gofin::FinalizerErrorHandler old = gofin::SetFinalizerErrorHandler([](std::exception_ptr e) {
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::runtime_error& ex) {
-      if (std::strcmp(ex.what(), "boom") == 0) handled.fetch_add(1);
-    }
-  });
+  const gofin::FinalizerErrorHandler old =
+      gofin::SetFinalizerErrorHandler([](std::exception_ptr e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::runtime_error& ex) {
+          if (std::strcmp(ex.what(), "boom") == 0) handled.fetch_add(1);
+        }
+      });
   InThread([] {
     for (int i = 0; i < 4; ++i) {
       gofin::SetFinalizer(gofin::New<Plain>(), [](Plain*) {

@@ -16,7 +16,11 @@
 #include <mutex>
 #include <thread>
 
+#include "test_support.hpp"
+
 namespace {
+
+using gofin_test::ClobberStack;
 
 constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
 constexpr std::int64_t kNoLimit = std::numeric_limits<std::int64_t>::max();
@@ -49,34 +53,6 @@ class Watchdog {
   bool done_ = false;
   std::thread thread_;
 };
-
-// Zeroes 128 KiB of the dead stack below the caller, word by word from the stack pointer down
-// (in assembly: an array local would leave the sanitizers' redzones around it unwritten).
-// Writing below %rsp is safe here: a signal handler's frame is dead again once it returned.
-[[gnu::noinline]] void ClobberStack() {
-  asm volatile(
-      "mov %%rsp, %%rdi\n"
-      "lea -131072(%%rsp), %%rcx\n"
-      "1:\n"
-      "sub $8, %%rdi\n"
-      "movq $0, (%%rdi)\n"
-      "cmp %%rcx, %%rdi\n"
-      "ja 1b\n"
-      // The caller-saved registers too: a stopped thread's registers are roots, and a callee
-      // may have left a pointer in one.
-      "xor %%eax, %%eax\n"
-      "xor %%ecx, %%ecx\n"
-      "xor %%edx, %%edx\n"
-      "xor %%esi, %%esi\n"
-      "xor %%edi, %%edi\n"
-      "xor %%r8d, %%r8d\n"
-      "xor %%r9d, %%r9d\n"
-      "xor %%r10d, %%r10d\n"
-      "xor %%r11d, %%r11d\n"
-      :
-      :
-      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
-}
 
 // Before every test, the dead stack below gtest's per-test frames is zeroed, so that the test
 // body's frame (whose unwritten slots, e.g. sanitizer redzones, would otherwise hold words
@@ -207,10 +183,10 @@ TEST_F(Pacer, GOGC100CollectsAutomaticallyAndSetsTheGoalToTwiceTheLiveHeap) {
   CollectClean();
   const gofin::MemStats m0 = gofin::ReadMemStats();
   ASSERT_GE(m0.HeapAlloc, 16 * kMiB - 64 * 1024);
-  EXPECT_GE(Ratio(m0.NextGC, m0.HeapAlloc), 1.9) << "NextGC " << m0.NextGC << ", live "
-                                                 << m0.HeapAlloc;
-  EXPECT_LE(Ratio(m0.NextGC, m0.HeapAlloc), 2.1) << "NextGC " << m0.NextGC << ", live "
-                                                 << m0.HeapAlloc;
+  EXPECT_GE(Ratio(m0.NextGC, m0.HeapAlloc), 1.9)
+      << "NextGC " << m0.NextGC << ", live " << m0.HeapAlloc;
+  EXPECT_LE(Ratio(m0.NextGC, m0.HeapAlloc), 2.1)
+      << "NextGC " << m0.NextGC << ", live " << m0.HeapAlloc;
 
   std::uint64_t peak = 0;
   MakeGarbage(256, &peak);

@@ -64,9 +64,7 @@ class PageHeapTest : public ::testing::Test {
   static std::uint64_t* Words(Span* s) { return reinterpret_cast<std::uint64_t*>(s->start); }
   static std::size_t NWords(Span* s) { return s->npages * kPageSize / 8; }
 
-  static void Fill(Span* s, std::uint64_t v) {
-    std::fill(Words(s), Words(s) + NWords(s), v);
-  }
+  static void Fill(Span* s, std::uint64_t v) { std::fill(Words(s), Words(s) + NWords(s), v); }
   static bool AllEqual(Span* s, std::uint64_t v) {
     return std::all_of(Words(s), Words(s) + NWords(s), [v](std::uint64_t w) { return w == v; });
   }
@@ -314,8 +312,8 @@ TEST_F(PageHeapTest, ScavengeNeverTouchesInUsePages) {
   Fill(x, 0x1111111111111111ULL);
   Fill(y, kDirty);
   Free(y);
-  const std::size_t resident_free = heap_->SysBytes() - heap_->ReleasedBytes() -
-                                    heap_->InuseBytes();
+  const std::size_t resident_free =
+      heap_->SysBytes() - heap_->ReleasedBytes() - heap_->InuseBytes();
   EXPECT_EQ(resident_free, 50 * kPageSize);
   EXPECT_EQ(heap_->ScavengeTo(0, *index_), 50 * kPageSize);
   EXPECT_EQ(heap_->ReleasedBytes(), heap_->SysBytes() - heap_->InuseBytes());
@@ -467,8 +465,7 @@ TEST_F(PageHeapTest, RandomizedAgainstModel) {
       const std::size_t resident_free = resident - heap_->InuseBytes();
       const std::size_t released = heap_->ScavengeTo(keep, *index_);
       // Only free pages can be released: never below what is in use.
-      const std::size_t expect =
-          resident <= keep ? 0 : std::min(resident - keep, resident_free);
+      const std::size_t expect = resident <= keep ? 0 : std::min(resident - keep, resident_free);
       ASSERT_EQ(released, expect) << "op " << op;
     }
     ASSERT_EQ(heap_->InuseBytes(), inuse_pages * kPageSize) << "op " << op;

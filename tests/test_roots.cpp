@@ -24,7 +24,11 @@
 #include <utility>
 #include <vector>
 
+#include "test_support.hpp"
+
 namespace {
+
+using gofin_test::ClobberStack;
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool kSanitized = true;
@@ -72,34 +76,6 @@ class Watchdog {
   bool done_ = false;
   std::thread thread_;
 };
-
-// Zeroes 128 KiB of the dead stack below the caller, word by word from the stack pointer down
-// (in assembly: an array local would leave the sanitizers' redzones around it unwritten).
-// Writing below %rsp is safe here: a signal handler's frame is dead again once it returned.
-[[gnu::noinline]] void ClobberStack() {
-  asm volatile(
-      "mov %%rsp, %%rdi\n"
-      "lea -131072(%%rsp), %%rcx\n"
-      "1:\n"
-      "sub $8, %%rdi\n"
-      "movq $0, (%%rdi)\n"
-      "cmp %%rcx, %%rdi\n"
-      "ja 1b\n"
-      // The caller-saved registers too: a stopped thread's registers are roots, and a callee
-      // may have left a pointer in one.
-      "xor %%eax, %%eax\n"
-      "xor %%ecx, %%ecx\n"
-      "xor %%edx, %%edx\n"
-      "xor %%esi, %%esi\n"
-      "xor %%edi, %%edi\n"
-      "xor %%r8d, %%r8d\n"
-      "xor %%r9d, %%r9d\n"
-      "xor %%r10d, %%r10d\n"
-      "xor %%r11d, %%r11d\n"
-      :
-      :
-      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
-}
 
 // Before every test, the dead stack below gtest's per-test frames is zeroed, so that the test
 // body's frame (whose unwritten slots, e.g. sanitizer redzones, would otherwise hold words
@@ -426,8 +402,8 @@ TEST(Roots, RootMoveConstructionAndAssignment) {
   dtors = 0;
   R a;
   Fill(a, &dtors, 20);
-  R b(std::move(a));  // moves the slot; no raw pointer passes through this frame
-  EXPECT_TRUE(a.get() == nullptr);  // NOLINT(bugprone-use-after-move): moved-from is empty
+  R b(std::move(a));                   // moves the slot; no raw pointer passes through this frame
+  EXPECT_TRUE(a.get() == nullptr);     // NOLINT(bugprone-use-after-move): moved-from is empty
   EXPECT_FALSE(static_cast<bool>(a));  // NOLINT(bugprone-use-after-move)
   CollectClean();
   EXPECT_EQ(Load(dtors), 0) << "the moved-to Root did not keep the object alive";
@@ -435,7 +411,7 @@ TEST(Roots, RootMoveConstructionAndAssignment) {
 
   R c;
   Fill(c, &dtors, 21);
-  c = std::move(b);  // c's old object (21) loses its only root
+  c = std::move(b);                 // c's old object (21) loses its only root
   EXPECT_TRUE(b.get() == nullptr);  // NOLINT(bugprone-use-after-move)
   CollectClean();
   EXPECT_EQ(Load(dtors), 1) << "move assignment did not release the overwritten object";
@@ -498,8 +474,8 @@ TEST(Roots, RootsCreatedAndDestroyedConcurrently) {
     threads.emplace_back([&, t] {
       std::vector<gofin::Root<Tracked>> window;
       for (int round = 0; round < rounds; ++round) {
-        const std::uint64_t first = (static_cast<std::uint64_t>(t) << 40) |
-                                    (static_cast<std::uint64_t>(round) << 8);
+        const std::uint64_t first =
+            (static_cast<std::uint64_t>(t) << 40) | (static_cast<std::uint64_t>(round) << 8);
         for (int i = 0; i < kWindow; ++i) PushNew(window, first + static_cast<std::uint64_t>(i));
         created.fetch_add(kWindow, std::memory_order_relaxed);
         Churn(64);

@@ -194,8 +194,8 @@ TEST(SizeClasses, SizeToClassIsConstexpr) {
   static_assert(SizeToClass(1) == 1);
   static_assert(SizeToClass(8) == 1);
   static_assert(SizeToClass(9) == 2);
-  static_assert(SizeToClass(1016) == 32);   // last size_to_class8 entry (1024 - 8)
-  static_assert(SizeToClass(1017) == 32);   // first size_to_class128 entry
+  static_assert(SizeToClass(1016) == 32);  // last size_to_class8 entry (1024 - 8)
+  static_assert(SizeToClass(1017) == 32);  // first size_to_class128 entry
   static_assert(SizeToClass(1025) == 33);
   static_assert(SizeToClass(32768) == 67);
   SUCCEED();

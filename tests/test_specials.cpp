@@ -37,8 +37,11 @@
 #include "heap/malloc.hpp"
 #include "heap/span.hpp"
 #include "specials/special.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using gofin_test::Watchdog;
 
 using gofin::internal::AddSpecial;
 using gofin::internal::FreeSpecialRecord;
@@ -55,35 +58,6 @@ constexpr std::array<SpecialKind, 4> kKinds = {SpecialKind::kFinalizer, SpecialK
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-class Watchdog {
- public:
-  explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(300))
-      : thread_([this, what, limit] {
-          std::unique_lock lock(mu_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "WATCHDOG: '%s' did not finish within %lld s; aborting\n", what,
-                         static_cast<long long>(limit.count()));
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 [[gnu::noinline]] void ClobberStack() {
   volatile std::uintptr_t buf[16 * 1024];

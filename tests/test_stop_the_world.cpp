@@ -22,8 +22,11 @@
 #include <vector>
 
 #include "gc/thread_registry.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using gofin_test::ClobberStack;
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool kSanitized = true;
@@ -82,34 +85,6 @@ class Watchdog {
   bool done_ = false;
   std::thread thread_;
 };
-
-// Zeroes 128 KiB of the dead stack below the caller, word by word from the stack pointer down
-// (in assembly: an array local would leave the sanitizers' redzones around it unwritten).
-// Writing below %rsp is safe here: a signal handler's frame is dead again once it returned.
-[[gnu::noinline]] void ClobberStack() {
-  asm volatile(
-      "mov %%rsp, %%rdi\n"
-      "lea -131072(%%rsp), %%rcx\n"
-      "1:\n"
-      "sub $8, %%rdi\n"
-      "movq $0, (%%rdi)\n"
-      "cmp %%rcx, %%rdi\n"
-      "ja 1b\n"
-      // The caller-saved registers too: a stopped thread's registers are roots, and a callee
-      // may have left a pointer in one.
-      "xor %%eax, %%eax\n"
-      "xor %%ecx, %%ecx\n"
-      "xor %%edx, %%edx\n"
-      "xor %%esi, %%esi\n"
-      "xor %%edi, %%edi\n"
-      "xor %%r8d, %%r8d\n"
-      "xor %%r9d, %%r9d\n"
-      "xor %%r10d, %%r10d\n"
-      "xor %%r11d, %%r11d\n"
-      :
-      :
-      : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
-}
 
 // Before every test, the dead stack below gtest's per-test frames is zeroed, so that the test
 // body's frame (whose unwritten slots, e.g. sanitizer redzones, would otherwise hold words
@@ -218,17 +193,18 @@ TEST(StopTheWorld, GCStopsBlockedWaitingSpinningAndAllocatingThreads) {
   const int nthreads = kTsan ? 3 : 4;
   std::vector<std::thread> threads;
   // Blocked in read() on a pipe.
-  if (!kTsan) threads.emplace_back([&] {
-    Tracked* volatile p = Decode(NewEncoded(&g_held, 1));
-    ClobberStack();
-    ready.fetch_add(1);
-    char c = 0;
-    ssize_t r = 0;
-    do {
-      r = read(fds[0], &c, 1);
-    } while (r < 0 && errno == EINTR);
-    if (r == 1 && p->Ok(1)) intact.fetch_add(1);
-  });
+  if (!kTsan)
+    threads.emplace_back([&] {
+      Tracked* volatile p = Decode(NewEncoded(&g_held, 1));
+      ClobberStack();
+      ready.fetch_add(1);
+      char c = 0;
+      ssize_t r = 0;
+      do {
+        r = read(fds[0], &c, 1);
+      } while (r < 0 && errno == EINTR);
+      if (r == 1 && p->Ok(1)) intact.fetch_add(1);
+    });
   // Waiting on a condition variable.
   threads.emplace_back([&] {
     Tracked* volatile p = Decode(NewEncoded(&g_held, 2));
@@ -464,8 +440,7 @@ TEST(StopTheWorld, TenThousandShortLivedThreadsWithInterleavedCollections) {
   keep.reset();
   CollectClean();
   EXPECT_EQ(Load(g_dtors), 2 * kThreads);
-  EXPECT_LE(gofin::internal::RegisteredThreadCount(), 4U)
-      << "exited threads stay registered";
+  EXPECT_LE(gofin::internal::RegisteredThreadCount(), 4U) << "exited threads stay registered";
 }
 
 // ---------------------------------------------------------------------------------------------

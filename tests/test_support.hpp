@@ -40,8 +40,11 @@ class Watchdog {
   std::thread thread_;
 };
 
-// Zeroes 128 KiB of the dead stack below the caller and the caller-saved registers (in
-// assembly: an array local would leave the sanitizers' redzones unwritten).
+// Zeroes 128 KiB of the dead stack below the caller, word by word from the stack pointer down
+// (in assembly: an array local would leave the sanitizers' redzones around it unwritten).
+// Writing below %rsp is safe here: a signal handler's frame is dead again once it returned.
+// The caller-saved registers too: a stopped thread's registers are roots, and a callee may
+// have left a pointer in one.
 [[gnu::noinline]] inline void ClobberStack() {
   asm volatile(
       "mov %%rsp, %%rdi\n"
