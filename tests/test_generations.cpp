@@ -630,6 +630,28 @@ TEST_F(Gen, FinalizerOfUnreachableOldObjectRunsWithOnlyAutomaticCycles) {
   EXPECT_GT(m.NumGC - m.NumMinorGC, base.NumGC - base.NumMinorGC) << "no full cycle ran";
 }
 
+// Under a binding memory limit every automatic cycle is full: the limit needs the memory of
+// dead old objects back, and only a full cycle frees it.
+TEST_F(Gen, AutomaticCyclesAreFullWhileAMemoryLimitBinds) {
+  Watchdog wd("AutomaticCyclesAreFullWhileAMemoryLimitBinds");
+  const gofin::MemStats base = gofin::ReadMemStats();
+  {
+    Pacing pacing(100);
+    const std::int64_t old_limit = gofin::debug::SetMemoryLimit(std::int64_t{1} << 20);
+    AllocateGarbage(32 * kMiB);
+    gofin::debug::SetMemoryLimit(old_limit);
+  }
+  const gofin::MemStats m = gofin::ReadMemStats();
+  EXPECT_GT(m.NumGC, base.NumGC + 2) << "the limit started no collections";
+  EXPECT_EQ(m.NumMinorGC, base.NumMinorGC) << "a minor cycle ran under a binding memory limit";
+  // And without the limit, the same churn gets minor cycles again.
+  {
+    Pacing pacing(100);
+    AllocateGarbage(32 * kMiB);
+  }
+  EXPECT_GT(gofin::ReadMemStats().NumMinorGC, m.NumMinorGC);
+}
+
 namespace {
 std::atomic<int> g_young_fin_runs{0};
 std::atomic<int> g_young_fin_bad{0};

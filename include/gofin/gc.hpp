@@ -28,8 +28,9 @@ std::int64_t SetMemoryLimit(std::int64_t limit);
 // starts may be a minor one: objects that survived a collection are old and are not marked
 // again; only the old objects on pages written since the previous collection are rescanned
 // (the kernel reports the pages: userfaultfd's asynchronous write protection, Linux 6.7+).
-// GC() is always a full collection. Unreachable old objects, with their finalizers, cleanups
-// and weak pointers, wait for the next full collection, at most 16 cycles away. On by default
+// GC() is always a full collection, and so is every collection while the memory limit sets
+// the heap goal. Unreachable old objects, with their finalizers, cleanups and weak pointers,
+// wait for the next full collection, at most 16 cycles away. On by default
 // (GOFIN_GENERATIONAL=0 or =off turns it off); where the kernel does not provide the tracking,
 // every collection stays full. Returns the previous setting.
 bool SetGenerational(bool on);

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "gc/marker.hpp"
+#include "gc/pacer.hpp"
 #include "heap/dirty_pages.hpp"
 #include "heap/heap.hpp"
 #include "heap/os_memory.hpp"
@@ -250,9 +251,11 @@ bool BeginCycle(CycleKind kind) {
     }
     const std::uint64_t allowed =
         g.live_after_major + std::max(g.live_after_major / kOldGrowthDivisor, kMinOldGrowth);
+    // Under a binding memory limit every cycle is full: dead old objects are memory the
+    // limit needs back (Go's collector, which has no minor cycles, would free them).
     const bool policy = kind == CycleKind::kMinorIfPossible ||
                         (kind == CycleKind::kPaced && g.minors_since_major < kMaxMinorCycles &&
-                         g.old_bytes <= allowed);
+                         g.old_bytes <= allowed && !ThePacer().LimitBound());
     g.minor = n >= 0 && g.marks_sticky && policy && MakeChunks();
   }
   if (!g.minor && g.marks_sticky) ClearAllMarks();

@@ -21,6 +21,7 @@ constinit std::atomic<std::int64_t> g_memlimit{kNoMemoryLimit};
 constinit std::atomic<std::uint64_t> g_goal{kHeapMinimum};
 constinit std::atomic<std::uint64_t> g_non_heap{0};
 constinit std::atomic<std::uint64_t> g_goal_basis{UINT64_MAX};
+constinit std::atomic<bool> g_limit_bound{false};
 
 // Go: parseByteCount (GOMEMLIMIT): a number with an optional B/KiB/MiB/GiB/TiB suffix.
 std::int64_t ParseByteCount(const char* s) {
@@ -84,6 +85,7 @@ void Pacer::Recompute(std::uint64_t non_heap_sys) {
     goal = std::max({basis + room, marked + room / 4, minimum});
   }
   const std::int64_t limit = g_memlimit.load(std::memory_order_relaxed);
+  bool limit_bound = false;
   if (limit != kNoMemoryLimit) {
     // Go: memoryLimitHeapGoal. What the limit leaves for the heap once gofin's other memory
     // is counted; never below the live heap plus a sliver, so that a limit that cannot be
@@ -91,8 +93,10 @@ void Pacer::Recompute(std::uint64_t non_heap_sys) {
     const auto lim = static_cast<std::uint64_t>(limit);
     std::uint64_t limit_goal = lim > non_heap_sys ? lim - non_heap_sys : 0;
     limit_goal = std::max(limit_goal, marked + marked / 16 + (1 << 20));
+    limit_bound = limit_goal < goal;
     goal = std::min(goal, limit_goal);
   }
+  g_limit_bound.store(limit_bound, std::memory_order_relaxed);
   g_goal.store(goal, std::memory_order_relaxed);
   g_heap.gc_trigger.store(goal, std::memory_order_relaxed);
 }
@@ -119,6 +123,7 @@ std::int64_t Pacer::SetMemoryLimit(std::int64_t limit) {
 }
 
 std::uint64_t Pacer::Goal() const { return g_goal.load(std::memory_order_relaxed); }
+bool Pacer::LimitBound() const { return g_limit_bound.load(std::memory_order_relaxed); }
 int Pacer::GCPercent() const { return g_gcpercent.load(std::memory_order_relaxed); }
 
 }  // namespace gofin::internal

@@ -17,6 +17,9 @@ class Pacer {
   int SetGCPercent(int percent);
   std::int64_t SetMemoryLimit(std::int64_t limit);
   [[nodiscard]] std::uint64_t Goal() const;
+  // Whether the memory limit, not GOGC, set the current goal: then every cycle should free
+  // all it can (gc/generations.hpp makes it a full one).
+  [[nodiscard]] bool LimitBound() const;
   [[nodiscard]] int GCPercent() const;
 
  private:
