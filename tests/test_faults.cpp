@@ -666,8 +666,13 @@ namespace {
     for (int i = 0; i < 10; ++i)
       gofin::SetFinalizer(gofin::New<Link>(), [](Link*) { fins.fetch_add(1); });
   });
-  ExactGC();
-  if (!Drain(20s) || fins.load() != 10) ChildFail(15, "finalizers do not run in the child");
+  // A stale word (seen in unoptimised builds) may keep one of them a cycle longer; it must
+  // not survive clean cycles.
+  for (int i = 0; i < 3 && fins.load() != 10; ++i) {
+    ExactGC();
+    if (!Drain(20s)) ChildFail(15, "the finalizer queue does not drain in the child");
+  }
+  if (fins.load() != 10) ChildFail(15, "finalizers do not run in the child");
   step(6);  // several threads allocating and collecting at once
   std::vector<std::thread> ts;
   gofin::debug::SetGCPercent(10);

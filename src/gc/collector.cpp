@@ -265,16 +265,18 @@ namespace {
 // scanned as the collecting thread's stack, and their unwritten slots and padding still hold
 // whatever the caller's earlier, deeper calls left there: often the address of the object the
 // caller allocated last, which then survives a collection it should not. Zeroing the dead stack
-// below the caller first means those frames are built on zeros. Bounded by the room the
+// below the caller first means those frames are built on zeros. Inlined into GC() and cleared
+// by assembly from the stack pointer down, so that no slot is left between GC()'s frame and
+// the cleared bytes (an aligned array local left up to 63 bytes of padding above it, where an
+// unoptimised build's collector frames then found a stale copy). Bounded by the room the
 // thread's stack has left, so a small stack is never overrun.
-[[gnu::noinline]] void ClearDeadStack() {
+[[gnu::always_inline]] inline void ClearDeadStack() {
   constexpr std::size_t kClearBytes = std::size_t{8} * 1024;
   constexpr std::size_t kKeepFree = std::size_t{32} * 1024;  // what the collection may need below
   const internal::ThreadRecord* self = internal::CurrentThreadRecord();
   const auto sp = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
   if (self == nullptr || sp < self->stack_lo + kClearBytes + kKeepFree) return;
-  alignas(64) unsigned char dead[kClearBytes];
-  explicit_bzero(dead, sizeof(dead));
+  internal::gofin_clear_stack(kClearBytes);
 }
 
 [[gnu::noinline]] bool ForcedCollection(bool scan_own_stack, internal::CycleKind kind) {
