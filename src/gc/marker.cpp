@@ -382,6 +382,10 @@ void ResetMarkWorkersAfterFork() {
   g_pool = new WorkerPool();  // NOLINT: lives for the process
 }
 
+void SetMarkQueueCapForTesting(std::size_t bytes) {
+  Phase().pool.SetCapBytes(bytes != 0 ? bytes : kDefaultMarkQueueCapBytes);
+}
+
 MarkResult Mark(const RootRangeList& roots, int max_workers) {
   MarkPhase& ph = Phase();
   const int workers = std::max(1, std::min(Pool().threads + 1, max_workers));

@@ -91,4 +91,9 @@ void ResetMarkWorkersAfterFork();
 // workers (a minor cycle's mark is small: waking helpers costs more than they save).
 MarkResult Mark(const RootRangeList& roots, int max_workers = 256);
 
+// Caps the memory the mark queue's buffers may take (default 256 MiB), so that a test can make
+// the queue overflow and exercise the rescan; 0 restores the default. Call with no collection
+// running.
+void SetMarkQueueCapForTesting(std::size_t bytes);
+
 }  // namespace gofin::internal

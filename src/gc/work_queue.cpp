@@ -10,6 +10,10 @@ namespace gofin::internal {
 
 WorkBuf* WorkPool::GetEmpty() {
   std::lock_guard lock(lock_);
+  // The cap counts the buffers in use (held by workers or full), not those ever mapped, so
+  // that a lowered cap takes effect at once.
+  if ((in_use_ + 1) * sizeof(WorkBuf) > cap_) return nullptr;
+  ++in_use_;
   if (empty_ != nullptr) {
     WorkBuf* b = empty_;
     empty_ = b->next;
@@ -22,10 +26,11 @@ WorkBuf* WorkPool::GetEmpty() {
   // per buffer that most programs never use (a depth-first mark needs a handful).
   if (carve_left_ == 0) {
     constexpr std::size_t kBatch = 256;
-    if (allocated_ + kBatch * sizeof(WorkBuf) > cap_) return nullptr;
     void* mem = os::MapMetadata(kBatch * sizeof(WorkBuf));
-    if (mem == nullptr) return nullptr;
-    allocated_ += kBatch * sizeof(WorkBuf);
+    if (mem == nullptr) {
+      --in_use_;
+      return nullptr;
+    }
     carve_ = static_cast<WorkBuf*>(mem);
     carve_left_ = kBatch;
   }
@@ -35,6 +40,7 @@ WorkBuf* WorkPool::GetEmpty() {
 
 void WorkPool::PutEmpty(WorkBuf* b) {
   std::lock_guard lock(lock_);
+  --in_use_;
   b->next = empty_;
   empty_ = b;
 }

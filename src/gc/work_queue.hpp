@@ -12,6 +12,8 @@
 
 namespace gofin::internal {
 
+inline constexpr std::size_t kDefaultMarkQueueCapBytes = std::size_t{256} << 20;
+
 // Go: workbuf
 struct WorkBuf {
   static constexpr std::size_t kEntries = (4096 - 16) / sizeof(std::uintptr_t);
@@ -36,10 +38,10 @@ class WorkPool {
   WorkBuf* full_ = nullptr;
   WorkBuf* empty_ = nullptr;
   std::atomic<std::size_t> nfull_{0};
-  std::size_t allocated_ = 0;
+  std::size_t in_use_ = 0;  // buffers handed out by GetEmpty and not put back empty
   WorkBuf* carve_ = nullptr;  // the untouched rest of the last mapping
   std::size_t carve_left_ = 0;
-  std::size_t cap_ = std::size_t{256} << 20;
+  std::size_t cap_ = kDefaultMarkQueueCapBytes;
 };
 
 // Go: gcWork. One per mark worker.
