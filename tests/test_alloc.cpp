@@ -310,11 +310,12 @@ TEST_F(AllocTest, NoScanObjectsLandInNoScanSpans) {
   EXPECT_FALSE(InNoScanSpan(gofin::Alloc(100)));
   EXPECT_FALSE(InNoScanSpan(gofin::Allocator<int*>().allocate(100)));
 
-  // A pointer-sized scanned object is not tiny: it gets an 8-byte object of its own.
+  // A pointer-sized scanned object is not tiny: it gets an object of its own, padded to the
+  // 16-byte class so that a pointer one past its end stays inside it.
   int** pp = gofin::New<int*>();
   EXPECT_FALSE(IsTiny(pp));
   EXPECT_EQ(Ref(pp).base, Addr(pp));
-  EXPECT_EQ(Ref(pp).span->elemsize, 8U);
+  EXPECT_EQ(Ref(pp).span->elemsize, 16U);
 }
 
 struct WithDtor {

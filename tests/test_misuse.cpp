@@ -188,12 +188,14 @@ TEST(Misuse, SetFinalizerOnInnerPointerThrows) {
   auto* inner = reinterpret_cast<Counted*>(reinterpret_cast<char*>(keep.get()) + 8);
   ExpectGofinError([&] { gofin::SetFinalizer(inner, &CountFin); }, kNotAtBeginning);
   ExpectGofinError([&] { gofin::SetFinalizer(inner, nullptr); }, kNotAtBeginning);
-  // Go's exception: an inner pointer whose type could come from the tiny allocator (pointer-
-  // free, under 16 bytes) is accepted wherever it points; the finalizer is attached at that
-  // offset and runs when the whole object is unreachable.
+  // Go lets an inner pointer through when its type could come from the tiny allocator
+  // (pointer-free, under 16 bytes); API.md accepts one only inside a real tiny block, so an
+  // inner field of an ordinary object is refused whatever its type.
   std::uint64_t* payload = &keep->payload[1];
-  EXPECT_NO_THROW(gofin::SetFinalizer(payload, [](std::uint64_t*) { g_fins.fetch_add(100); }));
-  EXPECT_NO_THROW(gofin::SetFinalizer(payload, nullptr));
+  ExpectGofinError(
+      [&] { gofin::SetFinalizer(payload, [](std::uint64_t*) { g_fins.fetch_add(100); }); },
+      kNotAtBeginning);
+  ExpectGofinError([&] { gofin::SetFinalizer(payload, nullptr); }, kNotAtBeginning);
   // One past the end of an array: inside the array's padding, still not its beginning.
   gofin::Root<Counted> arr;
   InThread([&] { arr = reinterpret_cast<Counted*>(gofin::NewArray<Plain>(4)); });

@@ -674,13 +674,14 @@ struct E16 {
   std::uint64_t b = 2;
   ~E16() { g_arr_dtors.fetch_add(1, std::memory_order_relaxed); }
 };
-// NewArray<E16>(2) asks for 33 bytes: size class 48. Next is 48 bytes with a destructor too,
-// so both come from spans of the same class and consecutive allocations are neighbours.
+// NewArray<E16>(2) asks for 33 bytes: size class 48. Next is 40 bytes with a destructor too
+// (New pads it only if it filled its class), so both come from spans of the same class and
+// consecutive allocations are neighbours.
 struct Next {
-  std::uint64_t w[6] = {};
+  std::uint64_t w[5] = {};
   ~Next() { g_next_dtors.fetch_add(1, std::memory_order_relaxed); }
 };
-static_assert(sizeof(Next) == 48);
+static_assert(sizeof(Next) == 40);
 }  // namespace past_end
 
 std::uintptr_t g_past_end = 0;  // .bss, holds an address (a root word)

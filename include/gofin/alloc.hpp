@@ -21,7 +21,25 @@ struct NoScan<T[]> : NoScan<T> {};
 template <class T>
 struct NoScan<const T> : NoScan<T> {};
 
+// True for types of which no pointer one past the end is ever held without a pointer into the
+// object itself (no end() of a trailing member array, no write cursor at the end of a buffer
+// kept alone). New<T> then does not pad a scanned T whose size fills its size class exactly:
+// a 16-byte node stays in the 16-byte class instead of the 24-byte one. Specialise it for
+// your own node types where memory matters; a wrong specialisation lets such a pointer keep the
+// next object alive instead of its own (a use after free). Noscan types never need it.
+template <class T>
+struct NoPastTheEndPointers : std::false_type {};
+
 namespace detail {
+
+// Whether New<T> adds the one-past-the-end pad byte. It costs memory only when sizeof(T) is
+// exactly a size class (the byte moves the object to the next class), and only there does the
+// end pointer reach the next object. Noscan objects are covered by the marker instead (a
+// pointer on a boundary keeps the noscan object before it), which cannot cascade.
+template <class T>
+constexpr bool PadNew() {
+  return !NoScan<T>::value && !NoPastTheEndPointers<T>::value;
+}
 
 template <class T>
 constexpr unsigned AllocFlags() {
@@ -56,7 +74,8 @@ template <class T, class... Args>
 T* New(Args&&... args) {
   static_assert(!std::is_array_v<T>, "gofin::New<T>: use gofin::NewArray<T>(n) for arrays");
   static_assert(std::is_object_v<T>, "gofin::New<T>: T must be an object type");
-  void* mem = detail::AllocateFor<T>(sizeof(T), 1);
+  void* mem = detail::PadNew<T>() ? detail::AllocateFor<T>(sizeof(T) + 1, 1, detail::kAllocPadded)
+                                  : detail::AllocateFor<T>(sizeof(T), 1);
   auto construct = [&] {
     if constexpr (std::is_constructible_v<T, Args&&...>) {
       return ::new (mem) T(std::forward<Args>(args)...);

@@ -30,6 +30,14 @@ struct FinalizerBox {
   }
 };
 
+}  // namespace detail
+
+// Nothing ever points one past a box's end: it stays in its size class.
+template <class T, class F>
+struct NoPastTheEndPointers<detail::FinalizerBox<T, F>> : std::true_type {};
+
+namespace detail {
+
 // A captureless lambda or empty functor needs no block: it is made afresh to run.
 template <class T, class F>
 void InvokeStateless(void* /*ctx*/, void* obj) {

@@ -89,10 +89,14 @@ constexpr std::uint32_t kRunAhead = 8;
 // the finalizer runs, is dead once it returns (below the stack pointer, never scanned).
 [[gnu::noinline]] void RunOne(FinState& st, FinBlock* batch, std::uint32_t i) {
   const QueuedFinalizer f = batch->fin[i - 1];
-  // Go clears the record before running it, so that the queue stops rooting the object; the
-  // marker scans only records [0, cnt), so lowering cnt does that here, and the record's cache
-  // line (written by the sweeper on another core) is only read, never taken for writing. This
-  // frame roots the object until the call returns.
+  // Go clears the record and lowers cnt after the call, so that the record roots the object
+  // while the finalizer runs. gofin copies the record into this frame, which roots it from
+  // here on, and lowers cnt before the call (the marker scans only records [0, cnt)): the
+  // record's cache line, written by the sweeper on another core, is only read, never taken
+  // for writing. The stop signal runs on this thread, and nothing else orders the plain copy
+  // before the relaxed store: without the fence the compiler may load the record after the
+  // store, and a stop in between would find the object rooted by neither.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
   batch->cnt.store(i - 1, std::memory_order_relaxed);
   if (i > kRunAhead) __builtin_prefetch(&batch->fin[i - 1 - kRunAhead]);
   st.running_finalizer.store(true, std::memory_order_relaxed);

@@ -10,6 +10,7 @@
 #include "finalizer/finalizer_queue.hpp"
 #include "gc/marker.hpp"
 #include "gc/preemptible_mutex.hpp"
+#include "gc/thread_registry.hpp"
 #include "gofin/finalizer.hpp"
 #include "gofin/testing.hpp"
 #include "heap/heap.hpp"
@@ -59,8 +60,9 @@ bool InDataSegment(const void* p) {
 }
 
 void MarkFinalizerSpecial(Special* s, std::uintptr_t object_base, MarkWorker& w) {
-  // Go: markrootSpans. What the object references lives; the object itself may die.
-  w.ScanObjectContents(object_base);
+  // Go: markrootSpans. What the object references lives; the object itself may die, and its
+  // pointers into itself do not keep it (C++ objects point into themselves all the time).
+  w.ScanFinalizedContents(object_base);
   w.MarkPointer(reinterpret_cast<std::uintptr_t>(static_cast<SpecialFinalizer*>(s)->ctx));
 }
 
@@ -121,6 +123,7 @@ namespace gofin::detail {
 
 FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
+  EnsureRegistered();
   if (obj == nullptr) throw Error("runtime.SetFinalizer: first argument is nil");
   const auto p = reinterpret_cast<std::uintptr_t>(obj);
   Span* s = g_heap.arenas.SpanOfHeap(p);
@@ -128,7 +131,9 @@ FinalizerTarget CheckFinalizerTarget(const void* obj, bool inner_ok) {
     if (InDataSegment(obj)) return FinalizerTarget::kGlobal;
     throw Error("runtime.SetFinalizer: pointer not in allocated block");
   }
-  if (p != s->ObjBase(s->ObjIndex(p)) && !inner_ok) {
+  // An inner pointer only inside a tiny block (see AddSpecialChecked).
+  if (p != s->ObjBase(s->ObjIndex(p)) &&
+      (!inner_ok || s->spanclass.value != kTinySpanClass.value)) {
     throw Error("runtime.SetFinalizer: pointer not at beginning of allocated block");
   }
   return FinalizerTarget::kHeap;
@@ -140,11 +145,15 @@ namespace {
 FinalizerTarget AttachFinalizer(const void* obj, bool check, bool inner_ok, FinalizerInvoke invoke,
                                 void* ctx) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
+  EnsureRegistered();
   InitFinalizers();
   auto* s = static_cast<SpecialFinalizer*>(NewSpecial(SpecialKind::kFinalizer));
   s->invoke = invoke;
   s->ctx = ctx;
-  const AddResult r = check ? AddSpecialChecked(obj, s, inner_ok) : AddSpecialToAllocated(obj, s);
+  const AddResult r =
+      check
+          ? AddSpecialChecked(obj, s, inner_ok ? InnerPointers::kInTinyBlock : InnerPointers::kNone)
+          : AddSpecialToAllocated(obj, s);
   if (r == AddResult::kAdded) [[likely]] {
     if (!g_fing_started.load(std::memory_order_acquire)) [[unlikely]]
       StartFinalizerThreadOnce();
@@ -181,6 +190,7 @@ FinalizerTarget AddFinalizerChecked(const void* obj, bool inner_ok, FinalizerInv
 
 void RemoveFinalizer(const void* obj) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
+  EnsureRegistered();
   if (Special* s = RemoveSpecial(obj, SpecialKind::kFinalizer)) FreeSpecialRecord(s);
 }
 

@@ -70,6 +70,9 @@ constexpr int kBalanceInterval = 64;
 // Large objects and oblets carry size 0 and look their span up.
 constexpr unsigned kEntrySizeShift = 48;
 constexpr std::uintptr_t kEntryAddressMask = (std::uintptr_t{1} << kEntrySizeShift) - 1;
+// On an entry without a size: the contents of a finalizer-bearing object, whose pointers into
+// itself are skipped. Heap arenas lie below 2^47 (Go's address hints; x86-64 user space).
+constexpr std::uintptr_t kEntryExceptSelf = std::uintptr_t{1} << 47;
 static_assert(kMaxSmallSize < (std::uintptr_t{1} << (64 - kEntrySizeShift)),
               "a small object's size must fit in a work-queue entry's tag");
 constexpr unsigned kPrefetchDistance = 8;
@@ -266,25 +269,96 @@ MarkWorker::MarkWorker(WorkQueue& q, std::atomic<bool>& overflow, bool exclusive
 GOFIN_NO_SANITIZE inline void MarkWorker::ScanWords(std::uintptr_t lo, std::uintptr_t hi) {
   for (std::uintptr_t p = lo; p < hi; p += sizeof(std::uintptr_t)) {
     const std::uintptr_t w = *reinterpret_cast<const std::uintptr_t*>(p);
-    if (w - heap_lo_ < heap_bytes_) MarkPointerInline(w);
+    if (w - heap_lo_ < heap_bytes_) MarkPointerInline<true>(w);
   }
 }
 
-// Go: findObject + greyobject.
+// ScanWords for the contents of an object with a finalizer, [self_lo, self_hi): its pointers
+// into itself are not references to it (a std::string's inline buffer, a std::list's
+// sentinel, a `this` member), or no such object would ever be finalized (bdwgc's C++
+// finalizers ignore self-pointers the same way). A word exactly at self_hi is a pointer to the
+// next object (kept) or one past this one's end (ignored); a word exactly at self_lo may be one
+// past the end of a noscan object before it (kept).
+GOFIN_NO_SANITIZE void MarkWorker::ScanWordsExceptSelf(std::uintptr_t lo, std::uintptr_t hi,
+                                                       std::uintptr_t self_lo,
+                                                       std::uintptr_t self_hi) {
+  const std::uintptr_t self_bytes = self_hi - self_lo;
+  for (std::uintptr_t p = lo; p < hi; p += sizeof(std::uintptr_t)) {
+    const std::uintptr_t w = *reinterpret_cast<const std::uintptr_t*>(p);
+    if (w - heap_lo_ >= heap_bytes_) continue;
+    if (w - self_lo > self_bytes) {
+      MarkPointerInline<true>(w);
+    } else if (w == self_hi) {
+      MarkPointerInline<false>(w);
+    } else if (w == self_lo) {
+      MarkNoScanEndingAt(w);
+    }
+  }
+}
+
+// Go: findObject + greyobject, extended for C++'s one-past-the-end pointers (an end() of a
+// member array, a buffer's write cursor), which land on the next object's first byte or, at a
+// span's end, on no object at all. Go never forms such a pointer; bdwgc pads every object by a
+// byte. gofin pads where padding is cheap and the alternative is not:
+//  - A scanned object's end pointer is always inside it: New<T> pads a T that fills its size
+//    class exactly (NoPastTheEndPointers<T> opts out), Alloc, NewArray and Allocator pad
+//    everything. Keeping the object before a boundary alive instead would cascade: that
+//    object's pointers to the starts of its neighbours keep theirs, and a list built by
+//    prepending would be kept whole through each batch's first node.
+//  - A noscan object is not padded (the tiny allocator packs them): with kBoundary, a pointer
+//    on a boundary also keeps the noscan object ending there, and one that falls in no object
+//    keeps the noscan object ending there. It references nothing, so nothing cascades.
+template <bool kBoundary>
 inline void MarkWorker::MarkPointerInline(std::uintptr_t p) {
   Span* s = last_span_;
   if (p - last_start_ >= last_bytes_) {
     const std::uintptr_t ai = (p >> kArenaShift) - arena_lo_;
     if (ai >= arena_count_ || arenas_ == nullptr) return;
     const HeapArena* a = arenas_[ai + arena_lo_].load(std::memory_order_relaxed);
-    if (a == nullptr) return;
-    s = a->SpanAt(PageInArena(p));
-    if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return;
+    s = a == nullptr ? nullptr : a->SpanAt(PageInArena(p));
+    if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) {
+      if constexpr (kBoundary) MarkNoScanEndingAt(p);
+      return;
+    }
     last_span_ = s;
     last_start_ = s->start;
     last_bytes_ = s->limit - s->start;
   }
   const std::size_t i = s->ObjIndex(p);
+  if constexpr (kBoundary) {
+    // A scanned span's objects need this only at its first byte (the span below may be a
+    // noscan one).
+    if (s->spanclass.NoScan() ? p == s->ObjBase(i) : p == s->start) {
+      if (i > 0) {
+        MarkIndex(s, i - 1);
+      } else {
+        MarkNoScanEndingAt(p);
+      }
+    }
+  }
+  MarkIndex(s, i);
+}
+
+// Marks the noscan object that ends exactly at p (the one containing p - 1), if there is one.
+void MarkWorker::MarkNoScanEndingAt(std::uintptr_t p) {
+  const std::uintptr_t q = p - 1;
+  // Every size class is a multiple of 8 bytes: an end that is not 8-aligned lies inside the
+  // object's slot, where it is an interior pointer.
+  if (q - heap_lo_ >= heap_bytes_ || p % sizeof(std::uintptr_t) != 0) return;
+  const std::uintptr_t ai = (q >> kArenaShift) - arena_lo_;
+  if (ai >= arena_count_ || arenas_ == nullptr) return;
+  const HeapArena* a = arenas_[ai + arena_lo_].load(std::memory_order_relaxed);
+  if (a == nullptr) return;
+  Span* s = a->SpanAt(PageInArena(q));
+  if (s == nullptr || s->state != SpanState::kInUse || !s->spanclass.NoScan() || !s->Contains(q)) {
+    return;
+  }
+  const std::size_t i = s->ObjIndex(q);
+  if (s->ObjBase(i) + s->elemsize != p) return;
+  MarkIndex(s, i);
+}
+
+inline void MarkWorker::MarkIndex(Span* s, std::size_t i) {
   // Already marked is the common case for shared objects: test that before anything else.
   if (s->IsMarked(i) || !s->IsAllocated(i)) return;
   // A locked bit-set costs as much as the rest of marking an object; a lone worker needs none.
@@ -304,43 +378,53 @@ GOFIN_NO_SANITIZE void MarkWorker::ScanRange(std::uintptr_t lo, std::uintptr_t h
   ScanWords(lo, hi);
 }
 
-void MarkWorker::MarkPointer(std::uintptr_t p) { MarkPointerInline(p); }
+void MarkWorker::MarkPointer(std::uintptr_t p) { MarkPointerInline<false>(p); }
 
 void MarkWorker::ScanObjectContents(std::uintptr_t base) {
   const Span* s =
       hint_ != nullptr && hint_->Contains(base) ? hint_ : g_heap.arenas.SpanOfHeap(base);
   if (s == nullptr || s->spanclass.NoScan()) return;
-  if (s->large && s->elemsize > kObletBytes) {
-    // Queue the oblets instead of scanning a huge object inline.
-    if (!queue_.Push(base)) overflow_.store(true, std::memory_order_relaxed);
-    return;
-  }
+  ScanRange(base, base + s->elemsize);
+}
+
+void MarkWorker::ScanFinalizedContents(std::uintptr_t base) {
+  const Span* s =
+      hint_ != nullptr && hint_->Contains(base) ? hint_ : g_heap.arenas.SpanOfHeap(base);
+  if (s == nullptr || s->spanclass.NoScan()) return;
+  const std::uintptr_t self_hi = base + s->elemsize;
   // A small object is scanned here: the walk that finds it (markrootSpans) is already split
   // across the workers, and what it references is queued for all of them. A larger one is
-  // queued, so that one worker never scans many large objects alone (a queue entry is scanned
-  // whether or not it is marked). An overflow's rescan visits only marked objects: when the
-  // queue is full, scan inline.
-  if (!s->large && s->elemsize <= kInlineContentsBytes) {
-    ScanRange(base, base + s->elemsize);
-    return;
-  }
-  const std::uintptr_t entry = s->large ? base : base | (s->elemsize << kEntrySizeShift);
-  if (!queue_.Push(entry)) ScanRange(base, base + s->elemsize);
+  // queued (tagged, so that its scan also skips its pointers into itself), so that one worker
+  // never scans many large objects alone. The object is not marked: if the queue is full, an
+  // overflow's rescan (which visits marked objects) would never come back to it, so it is
+  // scanned here and now.
+  if (s->elemsize > kInlineContentsBytes && queue_.Push(base | kEntryExceptSelf)) return;
+  ScanWordsExceptSelf(base, self_hi, base, self_hi);
 }
 
 GOFIN_NO_SANITIZE inline void MarkWorker::ScanObject(std::uintptr_t entry) {
-  const std::uintptr_t obj = entry & kEntryAddressMask;
   if (const std::uintptr_t size = entry >> kEntrySizeShift; size != 0) {
+    const std::uintptr_t obj = entry & kEntryAddressMask;
     ScanWords(obj, obj + size);
     return;
   }
+  // A large object, one of its oblets, or a finalized object's contents.
+  const std::uintptr_t obj = entry & kEntryAddressMask & ~kEntryExceptSelf;
   Span* s = g_heap.arenas.SpanOf(obj);
-  std::uintptr_t end = obj + s->elemsize;
+  const std::uintptr_t self_lo = s->large ? s->start : s->ObjBase(s->ObjIndex(obj));
+  const std::uintptr_t self_hi = self_lo + s->elemsize;
+  std::uintptr_t end = self_hi;
   if (s->large) {
     end = std::min(obj + kObletBytes, s->limit);
-    if (end < s->limit && !queue_.Push(end)) overflow_.store(true, std::memory_order_relaxed);
+    // The rest of the object as one more entry; when the queue is full, scanned now (the
+    // object may be a finalized one that no rescan would visit).
+    if (end < s->limit && !queue_.Push(end | (entry & kEntryExceptSelf))) end = s->limit;
   }
-  ScanRange(obj, end);
+  if ((entry & kEntryExceptSelf) != 0) {
+    ScanWordsExceptSelf(obj, end, self_lo, self_hi);
+  } else {
+    ScanRange(obj, end);
+  }
 }
 
 void MarkWorker::Drain(const PhaseState& state) {

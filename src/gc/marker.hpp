@@ -24,11 +24,14 @@ class MarkWorker {
 
   // Go: scanblock. Every word of [lo, hi) that points into an allocated object greys it.
   void ScanRange(std::uintptr_t lo, std::uintptr_t hi);
-  // Go: greyobject via findObject. Marks the object containing p, if any.
+  // Go: greyobject via findObject. Marks the object containing p, if any; p is an exact
+  // pointer (a record's), so a boundary does not keep the object before it.
   void MarkPointer(std::uintptr_t p);
-  // Scans an object's words without marking the object itself (Go: markrootSpans does this
-  // for objects with finalizers: what they reference lives, they themselves may die).
+  // Scans the words of the object at base without marking the object itself.
   void ScanObjectContents(std::uintptr_t base);
+  // The same for an object with a finalizer (Go: markrootSpans: what it references lives, it
+  // itself may die), skipping its pointers into itself (they do not keep it alive).
+  void ScanFinalizedContents(std::uintptr_t base);
   // The span whose objects the caller is about to pass to ScanObjectContents (markrootSpans
   // walks one span at a time): saves a span lookup per object. nullptr clears it.
   void SetSpanHint(const Span* s) { hint_ = s; }
@@ -44,8 +47,13 @@ class MarkWorker {
   // The bodies of MarkPointer and ScanRange, inlined into the drain loop: the mark loop is
   // bound by instructions per object (a 16-byte object is two words), and a call per word
   // costs as much as the test it makes.
+  template <bool kBoundary>
   inline void MarkPointerInline(std::uintptr_t p);
+  inline void MarkIndex(Span* s, std::size_t i);
+  void MarkNoScanEndingAt(std::uintptr_t p);
   inline void ScanWords(std::uintptr_t lo, std::uintptr_t hi);
+  void ScanWordsExceptSelf(std::uintptr_t lo, std::uintptr_t hi, std::uintptr_t self_lo,
+                           std::uintptr_t self_hi);
 
   WorkQueue& queue_;
   std::atomic<bool>& overflow_;

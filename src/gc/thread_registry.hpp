@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "gc/preemptible_mutex.hpp"
+#include "heap/safepoint.hpp"
 
 namespace gofin::internal {
 
@@ -40,6 +41,13 @@ ThreadRecord* RegistryHead();  // with RegistryLock held
 ThreadRecord* CurrentThreadRecord();
 // Registers the calling thread if it is not yet; true if this call registered it.
 bool RegisterThread();
+// What every public entry point does first: a thread that holds a GC pointer in its frames
+// or registers must be stopped and scanned by any collection from its first call on (Go: every
+// goroutine is known to the scheduler). One thread-local test once registered.
+inline void EnsureRegistered() {
+  if (t_local.record == nullptr && !t_local.gc_internal) [[unlikely]]
+    RegisterThread();
+}
 void UnregisterThread();
 // Layers above keep per-thread state (the specials' record cache); fn runs on a registered
 // thread as it unregisters, before its allocation cache goes. At most a few hooks.

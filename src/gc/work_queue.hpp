@@ -38,7 +38,7 @@ class WorkPool {
   WorkBuf* full_ = nullptr;
   WorkBuf* empty_ = nullptr;
   std::atomic<std::size_t> nfull_{0};
-  std::size_t in_use_ = 0;  // buffers handed out by GetEmpty and not put back empty
+  std::size_t in_use_ = 0;    // buffers handed out by GetEmpty and not put back empty
   WorkBuf* carve_ = nullptr;  // the untouched rest of the last mapping
   std::size_t carve_left_ = 0;
   std::size_t cap_ = kDefaultMarkQueueCapBytes;

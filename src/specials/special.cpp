@@ -424,17 +424,24 @@ void FreeSpecialRecord(Special* s) {
 }
 
 AddResult AddSpecialToAllocated(const void* p, Special* s) {
-  const AddResult r = AddSpecialChecked(p, s, /*inner_ok=*/true);
+  const AddResult r = AddSpecialChecked(p, s, InnerPointers::kAny);
   return r == AddResult::kNotInHeap ? AddResult::kObjectFree : r;
 }
 
-AddResult AddSpecialChecked(const void* p, Special* s, bool inner_ok) {
+AddResult AddSpecialChecked(const void* p, Special* s, InnerPointers inner) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   const SweptSpanScope scope(addr);
   Span* span = scope.get();
   if (span == nullptr) return AddResult::kNotInHeap;
   const std::size_t index = span->ObjIndex(addr);
-  if (!inner_ok && addr != span->ObjBase(index)) return AddResult::kNotAtStart;
+  // Go lets an inner pointer through where the pointer's type says the tiny allocator could
+  // have placed the object; gofin also asks the span, so that an inner field of an ordinary
+  // object (a long inside a scanned 24-byte struct) is refused as API.md says.
+  if (addr != span->ObjBase(index) &&
+      (inner == InnerPointers::kNone ||
+       (inner == InnerPointers::kInTinyBlock && span->spanclass.value != kTinySpanClass.value))) {
+    return AddResult::kNotAtStart;
+  }
   if (SlotIsFree(span, index)) return AddResult::kObjectFree;
   s->offset = static_cast<std::uint32_t>(addr - span->start);
   bool added = false;

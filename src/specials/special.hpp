@@ -77,10 +77,16 @@ void FreeSpecialRecord(Special* s);
 // exact address.
 enum class AddResult : std::uint8_t { kAdded, kAlreadySet, kObjectFree, kNotInHeap, kNotAtStart };
 AddResult AddSpecialToAllocated(const void* p, Special* s);
+// Which pointers inside an object (not at its first byte) a record may be attached at.
+enum class InnerPointers : std::uint8_t {
+  kNone,
+  kInTinyBlock,  // only inside a block of the tiny allocator (SetFinalizer on a tiny type)
+  kAny,          // anywhere (AddCleanup, weak handles)
+};
 // The same, after SetFinalizer's checks of p in Go's order, answered by the same span lookup:
 // kNotInHeap when p is in no heap span, kNotAtStart when p is not the first byte of its object
-// and inner_ok is false (only tiny objects may be targeted inside their block).
-AddResult AddSpecialChecked(const void* p, Special* s, bool inner_ok);
+// and `inner` does not allow it there.
+AddResult AddSpecialChecked(const void* p, Special* s, InnerPointers inner);
 // AddSpecialToAllocated(p, s) == kAdded.
 bool AddSpecial(const void* p, Special* s);
 // Go: removespecial. Unlinks and returns the record of `kind` at exactly p, or nullptr.

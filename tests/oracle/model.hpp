@@ -115,6 +115,17 @@ inline Node* NewNode(int size_kind, std::uint64_t id) {
   }
 }
 
+// sizeof the node type of a size kind: an edge at this offset is a one-past-the-end pointer
+// (API.md: it keeps its own object alive, never the next one).
+inline std::uint32_t NodeBytes(int size_kind) {
+  switch (size_kind) {
+    case 1: return sizeof(PaddedNode<200>);
+    case 2: return sizeof(PaddedNode<1500>);
+    case 3: return sizeof(PaddedNode<40000>);
+    default: return sizeof(Node);
+  }
+}
+
 // Pointer-free and pointerful garbage that is not modelled (churn for the pacer).
 struct Junk {
   std::uint64_t words[6];
@@ -377,7 +388,9 @@ class Model {
     for (auto id : res) push(id);
     for (auto& [id, n] : alive) {
       if (n.reg.g == 0) continue;
-      for (const Edge& e : n.child) push(e.id);
+      // Its pointers into itself do not keep it alive (API.md).
+      for (const Edge& e : n.child)
+        if (e.id != id) push(e.id);
       push(n.reg.cap);
     }
     while (!stack.empty()) {
@@ -482,7 +495,7 @@ class Model {
     if (!e.x_ok) Fail(Fmt("finalizer of node %" PRIu64 " got an object with a bad id/canary", e.x));
     if (!e.cap_ok) Fail(Fmt("object %" PRIu64 " captured by node %" PRIu64 "'s finalizer was freed or corrupt", n.reg.cap, e.x));
     if (Marked().count(e.x)) {
-      Fail(Fmt("finalizer ran for node %" PRIu64 " that is still reachable (from roots, from an object with a finalizer, or from itself):%s",
+      Fail(Fmt("finalizer ran for node %" PRIu64 " that is still reachable (from roots or from an object with a finalizer):%s",
                e.x, Explain(e.x).c_str()));
     }
     for (int k = 0; k < kChildren; ++k) {
@@ -554,18 +567,21 @@ class Model {
 
   // Edges that keep things alive once no root is left: children of every object, plus the
   // capture of an object's own registered finalizer.
-  std::vector<std::uint64_t> Succ(std::uint64_t id) {
+  std::vector<std::uint64_t> Succ(std::uint64_t id, bool skip_self_edges = false) {
     std::vector<std::uint64_t> out;
     auto it = alive.find(id);
     if (it == alive.end()) return out;
     for (const Edge& e : it->second.child)
-      if (e.id != 0 && alive.count(e.id)) out.push_back(e.id);
+      if (e.id != 0 && alive.count(e.id) && !(skip_self_edges && e.id == id)) out.push_back(e.id);
     if (it->second.reg.g != 0 && it->second.reg.cap != 0 && alive.count(it->second.reg.cap)) out.push_back(it->second.reg.cap);
     return out;
   }
   std::unordered_set<std::uint64_t> ReachPlus(std::uint64_t from) {  // >= 1 step
     std::unordered_set<std::uint64_t> seen;
-    std::vector<std::uint64_t> st = Succ(from);
+    // A registered object's own pointers into itself are no path back to it (the collector
+    // skips them when it marks what the object references); its callable's capture of itself
+    // is one (the callable is another object).
+    std::vector<std::uint64_t> st = Succ(from, /*skip_self_edges=*/Registered(from));
     while (!st.empty()) {
       const std::uint64_t v = st.back();
       st.pop_back();
@@ -1139,6 +1155,12 @@ class Planner {
   }
   int PickSlot() { return slots_.empty() ? -1 : slots_[ch_.Below(slots_.size())]; }
 
+  // An edge's offset into its target: mostly inside it, sometimes one past its end.
+  std::uint32_t PickOffset(int target_size_kind) {
+    if (ch_.Chance(15)) return NodeBytes(target_size_kind);
+    return kEdgeOffsets[ch_.Below(kNumEdgeOffsets)];
+  }
+
   Reg NewReg(bool allow_capture, std::uint64_t self) {
     Reg r;
     r.g = g_shared->next_g.fetch_add(1);
@@ -1191,7 +1213,7 @@ class Planner {
         op.place = 2;
         op.a = parent;
         op.k = static_cast<int>(ch_.Below(kChildren));
-        op.off = kEdgeOffsets[ch_.Below(kNumEdgeOffsets)];
+        op.off = PickOffset(op.size_kind);
         op.had_old = m_.alive[parent.Id()].child[op.k].id != 0;
         m_.SetEdge(parent.Id(), op.k, Edge{op.new_id, op.off});
       } else {
@@ -1209,7 +1231,7 @@ class Planner {
       }
       op.kind = OpKind::kLink;
       op.k = static_cast<int>(ch_.Below(kChildren));
-      op.off = kEdgeOffsets[ch_.Below(kNumEdgeOffsets)];
+      op.off = PickOffset(m_.alive[op.b.Id()].size_kind);
       op.had_old = m_.alive[op.a.Id()].child[op.k].id != 0;
       m_.SetEdge(op.a.Id(), op.k, Edge{op.b.Id(), op.off});
       return true;

@@ -36,6 +36,11 @@ long item_check(const Node* n) {
 
 }  // namespace
 
+// Nothing here points one past a node's end, so a 16-byte node may fill its size class exactly
+// (without this, New<Node> pads it into the 24-byte class: README, "One-past-the-end pointers").
+template <>
+struct gofin::NoPastTheEndPointers<Node> : std::true_type {};
+
 int main(int argc, char** argv) {
   const int n = static_cast<int>(cmp::arg_long(argc, argv, 1, 18));
   const int min_depth = 4;
