@@ -422,6 +422,10 @@ TEST(Misuse, NewArrayOverflowThrowsBadAlloc) {
 
 TEST(Misuse, ImpossiblySizedAllocationsThrowBadAlloc) {
   EXPECT_THROW(gofin::Alloc(std::numeric_limits<std::size_t>::max()), std::bad_alloc);
+  // More than the machine's memory and swap together can never be backed: refused at once,
+  // like malloc, not handed out for the OOM killer to find at the first touch.
+  EXPECT_THROW(gofin::NewArray<char>(std::size_t{4} << 40), std::bad_alloc);
+  EXPECT_THROW(gofin::AllocNoScan(std::size_t{1} << 46), std::bad_alloc);
   EXPECT_THROW(gofin::AllocNoScan(std::numeric_limits<std::size_t>::max()), std::bad_alloc);
   EXPECT_THROW(gofin::Alloc(std::numeric_limits<std::size_t>::max() - 1), std::bad_alloc);
   EXPECT_THROW(gofin::Alloc(std::size_t{1} << 50), std::bad_alloc);  // 1 PiB

@@ -23,6 +23,7 @@
 #include "gofin/testing.hpp"
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
+#include "heap/options.hpp"
 
 namespace gofin::internal {
 
@@ -198,14 +199,9 @@ void EnsureCollectorInitialized() {
     (void)StartTime();
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int workers = ncpu > 0 ? static_cast<int>(ncpu) : 1;
-    if (const char* w = std::getenv("GOFIN_GCWORKERS")) {
-      const int v = std::atoi(w);
-      if (v > 0) workers = std::min(v, 256);
-    }
+    if (const auto w = EnvInteger("GOFIN_GCWORKERS", 1, 256)) workers = static_cast<int>(*w);
     g_config.workers = workers;
-    if (const char* d = std::getenv("GOFIN_DEBUG")) {
-      g_config.gctrace = std::strstr(d, "gctrace=1") != nullptr;
-    }
+    g_config.gctrace = EnvDebugKey("GOFIN_DEBUG", "gctrace", 0, 2).value_or(0) != 0;
     ThePacer().InitFromEnv();
     InitStopTheWorld();
     InitMarkWorkers(workers);

@@ -11,6 +11,7 @@
 #include "gc/pacer.hpp"
 #include "heap/dirty_pages.hpp"
 #include "heap/heap.hpp"
+#include "heap/options.hpp"
 #include "heap/os_memory.hpp"
 
 namespace gofin::internal {
@@ -224,9 +225,8 @@ void ProtectOldPages(std::uintptr_t lo, std::uintptr_t hi) {
 }  // namespace
 
 void InitGenerations() {
-  if (const char* g = std::getenv("GOFIN_GENERATIONAL")) {
-    g_gen.setting.store(!(std::strcmp(g, "0") == 0 || std::strcmp(g, "off") == 0),
-                        std::memory_order_relaxed);
+  if (const std::optional<bool> g = EnvBool("GOFIN_GENERATIONAL")) {
+    g_gen.setting.store(*g, std::memory_order_relaxed);
   }
   AddParallelRootsHook(&ScanWrittenPages);
   if (g_gen.setting.load(std::memory_order_relaxed)) TurnTrackingOn();

@@ -4,11 +4,13 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "gc/collector.hpp"
 #include "gofin/gc.hpp"
 #include "heap/heap.hpp"
+#include "heap/options.hpp"
 
 namespace gofin::internal {
 
@@ -23,30 +25,6 @@ constinit std::atomic<std::uint64_t> g_non_heap{0};
 constinit std::atomic<std::uint64_t> g_goal_basis{UINT64_MAX};
 constinit std::atomic<bool> g_limit_bound{false};
 
-// Go: parseByteCount (GOMEMLIMIT): a number with an optional B/KiB/MiB/GiB/TiB suffix.
-std::int64_t ParseByteCount(const char* s) {
-  char* end = nullptr;
-  const long long v = std::strtoll(s, &end, 10);
-  if (end == s || v < 0) return -1;
-  const std::string unit(end);
-  std::int64_t mult = 1;
-  if (unit.empty() || unit == "B") {
-    mult = 1;
-  } else if (unit == "KiB") {
-    mult = std::int64_t{1} << 10;
-  } else if (unit == "MiB") {
-    mult = std::int64_t{1} << 20;
-  } else if (unit == "GiB") {
-    mult = std::int64_t{1} << 30;
-  } else if (unit == "TiB") {
-    mult = std::int64_t{1} << 40;
-  } else {
-    return -1;
-  }
-  if (v > INT64_MAX / mult) return kNoMemoryLimit;
-  return v * mult;
-}
-
 }  // namespace
 
 Pacer& ThePacer() {
@@ -55,19 +33,8 @@ Pacer& ThePacer() {
 }
 
 void Pacer::InitFromEnv() {
-  if (const char* g = std::getenv("GOFIN_GOGC")) {
-    if (std::strcmp(g, "off") == 0) {
-      g_gcpercent.store(-1);
-    } else if (*g != '\0') {
-      g_gcpercent.store(std::atoi(g));
-    }
-  }
-  if (const char* m = std::getenv("GOFIN_MEMLIMIT")) {
-    if (std::strcmp(m, "off") != 0) {
-      const std::int64_t v = ParseByteCount(m);
-      if (v >= 0) g_memlimit.store(v);
-    }
-  }
+  if (const std::optional<int> g = EnvPercent("GOFIN_GOGC")) g_gcpercent.store(*g);
+  if (const std::optional<std::int64_t> m = EnvByteCount("GOFIN_MEMLIMIT")) g_memlimit.store(*m);
   Recompute(0);
 }
 

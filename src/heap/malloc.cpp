@@ -7,6 +7,7 @@
 #include "gofin/detail/runtime.hpp"
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
+#include "heap/os_memory.hpp"
 #include "heap/thread_cache.hpp"
 
 namespace gofin::internal {
@@ -219,6 +220,11 @@ namespace {
 [[gnu::noinline]] void* MallocSlowPath(std::size_t size, unsigned flags, DtorFn dtor,
                                        std::size_t count) {
   if (size == 0) size = 1;
+  // A request larger than the machine's memory and swap together can never be backed: the
+  // kernel would hand out the address space and the OOM killer would end the program at the
+  // first touch of it. malloc refuses such sizes; so does gofin, at once.
+  if (size > internal::os::PhysicalAndSwapBytes()) [[unlikely]]
+    internal::OutOfMemory();
   void* p = internal::MallocOnce(size, flags, dtor, count);
   if (p == nullptr) [[unlikely]]
     return RetryAfterOOM(size, flags, dtor, count);

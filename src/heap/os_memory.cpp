@@ -1,6 +1,7 @@
 #include "heap/os_memory.hpp"
 
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 
 #include <cstdint>
 
@@ -46,5 +47,16 @@ void* MapMetadataPopulated(std::size_t size) {
 }
 
 void Unmap(void* addr, std::size_t size) { munmap(addr, size); }
+
+std::size_t PhysicalAndSwapBytes() {
+  static const std::size_t bytes = [] {
+    struct sysinfo info {};
+    if (sysinfo(&info) != 0) return SIZE_MAX;
+    const auto unit = static_cast<std::size_t>(info.mem_unit == 0 ? 1 : info.mem_unit);
+    return (static_cast<std::size_t>(info.totalram) + static_cast<std::size_t>(info.totalswap)) *
+           unit;
+  }();
+  return bytes;
+}
 
 }  // namespace gofin::internal::os

@@ -20,5 +20,8 @@ void* MapMetadata(std::size_t size);
 // queue-block pages at once).
 void* MapMetadataPopulated(std::size_t size);
 void Unmap(void* addr, std::size_t size);
+// The machine's memory and swap together (sysinfo), read once: more than this can never be
+// backed.
+std::size_t PhysicalAndSwapBytes();
 
 }  // namespace gofin::internal::os

@@ -200,6 +200,8 @@ class RecordCache {
     }
     for (std::uint32_t i = 0; i < kBatch; ++i) {
       Special* r = AllocRecordLocked(kind);  // may throw bad_alloc: what was taken stays
+      // FlushAll frees by kind: a fresh record must say which fixalloc it came from.
+      r->kind = kind;
       r->next = l.head;
       l.head = r;
       ++l.n;

@@ -1,0 +1,133 @@
+// The environment variables (src/heap/options.cpp): every GOFIN_* variable is validated, and a
+// malformed value is ignored with a warning naming it while the default stays (Go's rule: an
+// invalid GOGC is ignored, not read as 0).
+#include <gtest/gtest.h>
+#include <stdlib.h>  // setenv, unsetenv
+
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "heap/options.hpp"
+
+namespace {
+
+using gofin::internal::EnvBool;
+using gofin::internal::EnvByteCount;
+using gofin::internal::EnvDebugKey;
+using gofin::internal::EnvInteger;
+using gofin::internal::EnvPercent;
+
+constexpr const char* kVar = "GOFIN_TEST_OPTION";
+
+// Sets kVar for one scope.
+class EnvValue {
+ public:
+  explicit EnvValue(const char* v) { setenv(kVar, v, 1); }
+  ~EnvValue() { unsetenv(kVar); }
+  EnvValue(const EnvValue&) = delete;
+  EnvValue& operator=(const EnvValue&) = delete;
+};
+
+// What a call printed on stderr.
+template <class F>
+std::string Stderr(F&& f) {
+  ::testing::internal::CaptureStderr();
+  f();
+  return ::testing::internal::GetCapturedStderr();
+}
+
+TEST(Options, UnsetIsNoValueAndNoWarning) {
+  unsetenv(kVar);
+  EXPECT_EQ(Stderr([] {
+              EXPECT_FALSE(EnvPercent(kVar).has_value());
+              EXPECT_FALSE(EnvInteger(kVar, 1, 8).has_value());
+              EXPECT_FALSE(EnvBool(kVar).has_value());
+              EXPECT_FALSE(EnvByteCount(kVar).has_value());
+            }),
+            "");
+}
+
+TEST(Options, PercentIsOffOrAWholeNumber) {
+  {
+    const EnvValue v("200");
+    EXPECT_EQ(EnvPercent(kVar), 200);
+  }
+  {
+    const EnvValue v("off");
+    EXPECT_EQ(EnvPercent(kVar), -1);
+  }
+  {
+    const EnvValue v("-5");
+    EXPECT_EQ(EnvPercent(kVar), -1);
+  }
+  for (const char* bad : {"abc", "", "12x", "1e3", "99999999999"}) {
+    const EnvValue v(bad);
+    const std::string err = Stderr([] { EXPECT_FALSE(EnvPercent(kVar).has_value()); });
+    EXPECT_NE(err.find(kVar), std::string::npos) << "no warning naming the variable for " << bad;
+  }
+}
+
+TEST(Options, IntegerIsCheckedAgainstItsRange) {
+  {
+    const EnvValue v("4");
+    EXPECT_EQ(EnvInteger(kVar, 1, 256), 4);
+  }
+  for (const char* bad : {"0", "257", "-1", "two", "3 "}) {
+    const EnvValue v(bad);
+    const std::string err = Stderr([] { EXPECT_FALSE(EnvInteger(kVar, 1, 256).has_value()); });
+    EXPECT_NE(err.find(kVar), std::string::npos) << bad;
+  }
+}
+
+TEST(Options, BoolTakesTheUsualSpellings) {
+  for (const char* yes : {"1", "on", "true", "yes"}) {
+    const EnvValue v(yes);
+    EXPECT_EQ(EnvBool(kVar), true) << yes;
+  }
+  for (const char* no : {"0", "off", "false", "no"}) {
+    const EnvValue v(no);
+    EXPECT_EQ(EnvBool(kVar), false) << no;
+  }
+  const EnvValue v("maybe");
+  EXPECT_NE(Stderr([] { EXPECT_FALSE(EnvBool(kVar).has_value()); }).find(kVar), std::string::npos);
+}
+
+TEST(Options, ByteCountsAsGoMemLimit) {
+  {
+    const EnvValue v("512MiB");
+    EXPECT_EQ(EnvByteCount(kVar), std::int64_t{512} << 20);
+  }
+  {
+    const EnvValue v("1024");
+    EXPECT_EQ(EnvByteCount(kVar), 1024);
+  }
+  {
+    const EnvValue v("off");
+    EXPECT_EQ(EnvByteCount(kVar), INT64_MAX);
+  }
+  for (const char* bad : {"12MB", "-1", "GiB", "1.5GiB"}) {
+    const EnvValue v(bad);
+    EXPECT_NE(Stderr([] { EXPECT_FALSE(EnvByteCount(kVar).has_value()); }).find(kVar),
+              std::string::npos)
+        << bad;
+  }
+}
+
+TEST(Options, DebugKeysAreFoundInAList) {
+  {
+    const EnvValue v("gctrace=1");
+    EXPECT_EQ(EnvDebugKey(kVar, "gctrace", 0, 2), 1);
+  }
+  {
+    const EnvValue v("checkfinalizers=1,gctrace=2");
+    EXPECT_EQ(EnvDebugKey(kVar, "gctrace", 0, 2), 2);
+    EXPECT_EQ(EnvDebugKey(kVar, "checkfinalizers", 0, 1), 1);
+    EXPECT_FALSE(EnvDebugKey(kVar, "other", 0, 1).has_value());
+  }
+  const EnvValue v("gctrace=yes");
+  EXPECT_NE(Stderr([] { EXPECT_FALSE(EnvDebugKey(kVar, "gctrace", 0, 2).has_value()); }).find(kVar),
+            std::string::npos);
+}
+
+}  // namespace
