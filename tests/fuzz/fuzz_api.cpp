@@ -5,9 +5,13 @@
 // every finalizer and destructor, and predicts every exact collection
 // (testing::GC(kNoHeapPointers) with pacing off) exactly. Any violation aborts: a finding.
 //
-// Single-threaded mutator. The heap persists across inputs; each input ends with a final drain
-// (every root dropped, every finalizer outside a finalizer cycle must run within the longest
-// chain + 2 cycles), so the next input starts from an empty model.
+// Single-threaded mutator. The heap and the model persist across inputs. Collections are the
+// cost (each scans the data segments: about 10 MB with libFuzzer and ASan, ~20 ms), so they
+// come from a budget shared by all inputs (one per kInputsPerCollection inputs on average,
+// spent where an input asks for one), and a final drain (every root dropped, every finalizer
+// outside a finalizer cycle must run within the longest chain + 2 cycles, the model emptied)
+// ends every kInputsPerDrain-th input: the fuzzer runs some hundred inputs a second instead of
+// one, and every operation is still checked by the drain that follows it.
 //
 // Build and run: tests/fuzz/build_and_run.sh [seconds]
 #include <fuzzer/FuzzedDataProvider.h>
@@ -30,11 +34,22 @@ struct FdpChooser final : oracle::Chooser {
   FuzzedDataProvider& fdp;
 };
 
+constexpr std::uint64_t kInputsPerCollection = 8;
+constexpr std::uint64_t kInputsPerDrain = 64;
+
 struct State {
   oracle::Model* model = nullptr;
   std::uint64_t next_id = 1;
   std::uint64_t inputs = 0;
+  std::uint64_t collections = 0;
 };
+
+// Takes one collection from the shared budget, if any is left.
+bool TakeCollection(State& st) {
+  if (st.collections * kInputsPerCollection > st.inputs + kInputsPerCollection) return false;
+  ++st.collections;
+  return true;
+}
 
 State& St() {
   static State* s = [] {
@@ -50,7 +65,8 @@ State& St() {
 }
 
 [[noreturn]] void Die(oracle::Model& m) {
-  std::fprintf(stderr, "fuzz_api: VIOLATION after %llu inputs\n", static_cast<unsigned long long>(St().inputs));
+  std::fprintf(stderr, "fuzz_api: VIOLATION after %llu inputs\n",
+               static_cast<unsigned long long>(St().inputs));
   for (const auto& e : m.errors) std::fprintf(stderr, "  violation: %s\n", e.c_str());
   std::fflush(stderr);
   std::abort();
@@ -77,7 +93,8 @@ void ExpectError(oracle::Model& m, const char* want, T&& fn) {
   try {
     fn();
   } catch (const gofin::Error& e) {
-    if (std::strcmp(e.what(), want) != 0) m.Fail(oracle::Fmt("misuse threw '%s', want '%s'", e.what(), want));
+    if (std::strcmp(e.what(), want) != 0)
+      m.Fail(oracle::Fmt("misuse threw '%s', want '%s'", e.what(), want));
     return;
   }
   m.Fail(oracle::Fmt("misuse did not throw '%s'", want));
@@ -91,13 +108,15 @@ void ExpectError(oracle::Model& m, const char* want, T&& fn) {
     if (m.roots[static_cast<std::size_t>(i)] != 0) slot = i;
   switch (ch.Below(4)) {
     case 0:
-      ExpectError(m, "runtime.SetFinalizer: first argument is nil",
-                  [] { gofin::SetFinalizer(static_cast<oracle::Node*>(nullptr), &oracle::FinPlain); });
+      ExpectError(m, "runtime.SetFinalizer: first argument is nil", [] {
+        gofin::SetFinalizer(static_cast<oracle::Node*>(nullptr), &oracle::FinPlain);
+      });
       break;
     case 1: {
       if (slot < 0) break;
       oracle::Node* x = s.roots[static_cast<std::size_t>(slot)].get();
-      auto* inner = reinterpret_cast<oracle::Node*>(reinterpret_cast<char*>(x) + 8 * (1 + ch.Below(6)));
+      auto* inner =
+          reinterpret_cast<oracle::Node*>(reinterpret_cast<char*>(x) + 8 * (1 + ch.Below(6)));
       ExpectError(m, "runtime.SetFinalizer: pointer not at beginning of allocated block",
                   [&] { gofin::SetFinalizer(inner, &oracle::FinPlain); });
       ExpectError(m, "runtime.SetFinalizer: pointer not at beginning of allocated block",
@@ -116,8 +135,9 @@ void ExpectError(oracle::Model& m, const char* want, T&& fn) {
       // A second SetFinalizer on an object with one must throw and leave the first in place.
       const std::uint64_t id = m.roots[static_cast<std::size_t>(slot)];
       if (!m.Registered(id)) break;
-      ExpectError(m, "runtime.SetFinalizer: finalizer already set",
-                  [&] { gofin::SetFinalizer(s.roots[static_cast<std::size_t>(slot)].get(), &oracle::FinPlain); });
+      ExpectError(m, "runtime.SetFinalizer: finalizer already set", [&] {
+        gofin::SetFinalizer(s.roots[static_cast<std::size_t>(slot)].get(), &oracle::FinPlain);
+      });
       break;
     }
   }
@@ -151,20 +171,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   oracle::PlanLimits lim;
   lim.max_nodes = 48;
   lim.depth = 16;
-  // Every collection scans the data segments (about 10 MB with libFuzzer and ASan: ~20 ms),
-  // so an input gets a bounded number of them.
-  int ops = 0, collections = 0, drains = 0;
-  constexpr int kMaxCollections = 8;
+  int ops = 0;
   while (fdp.remaining_bytes() > 0 && ops++ < 300) {
     const std::uint8_t sel = fdp.ConsumeIntegral<std::uint8_t>();
-    m.where = oracle::Fmt("input %llu op %d (selector %u)", static_cast<unsigned long long>(st.inputs), ops, sel);
+    m.where = oracle::Fmt("input %llu op %d (selector %u)",
+                          static_cast<unsigned long long>(st.inputs), ops, sel);
     if (sel < 220) {
       oracle::Planner planner(m, ch, slots, &st.next_id, lim);
       oracle::Op op;
       if (!planner.Next(op)) continue;
       if (op.kind == oracle::OpKind::kCollect) {
-        if (collections >= kMaxCollections || !fdp.ConsumeBool()) continue;
-        ++collections;
+        if (!fdp.ConsumeBool() || !TakeCollection(st)) continue;
       }
       if (!oracle::Execute(op, 0)) {
         CheckOrDie(m);
@@ -173,7 +190,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       ApplyLibraryEvents(m);
     } else if (sel < 226) {
-      if (collections++ < kMaxCollections) oracle::ExactCycle(m);
+      if (TakeCollection(st)) oracle::ExactCycle(m);
     } else if (sel < 233) {
       oracle::CheckHeapGraph(m);
     } else if (sel < 240) {
@@ -182,11 +199,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       Misuse(m, ch);
     } else if (sel < 253) {
       // A conservative collection (this thread's stack is scanned): only the safety checks.
-      if (collections++ < kMaxCollections) {
+      if (TakeCollection(st)) {
         gofin::GC();
         ApplyLibraryEvents(m);
       }
-    } else if (drains++ == 0) {
+    } else if (TakeCollection(st)) {
       m.where += " final drain";
       oracle::FinalDrain(m);
       m.watermark = st.next_id;
@@ -197,8 +214,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   ApplyLibraryEvents(m);
   oracle::CheckHeapGraph(m);
   CheckOrDie(m);
-  oracle::FinalDrain(m);
-  m.watermark = st.next_id;
-  CheckOrDie(m);
+  if (st.inputs % kInputsPerDrain == 0) {
+    oracle::FinalDrain(m);
+    m.watermark = st.next_id;
+    CheckOrDie(m);
+  }
   return 0;
 }

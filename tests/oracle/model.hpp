@@ -529,14 +529,18 @@ class Model {
       return;
     }
     if (!e.x_ok) Fail(Fmt("destructor of node %" PRIu64 " found a corrupt canary", e.x));
-    if (it->second.reg.g != 0) {
+    const bool was_registered = it->second.reg.g != 0;
+    if (was_registered) {
       Fail(Fmt("node %" PRIu64 " destroyed while its finalizer g=%" PRIu64 " was still set (or queued)", e.x,
                it->second.reg.g));
     }
-    if (Marked().count(e.x)) Fail(Fmt("reachable node %" PRIu64 " destroyed:%s", e.x, Explain(e.x).c_str()));
+    const bool was_marked = Marked().count(e.x) != 0;
+    if (was_marked) Fail(Fmt("reachable node %" PRIu64 " destroyed:%s", e.x, Explain(e.x).c_str()));
     alive.erase(it);
     dead.insert(e.x);
-    dirty_ = true;
+    // An unmarked, unregistered node marks nothing: the marked set stays as it is (recomputing
+    // it for every destructor of a cycle made the fuzzer quadratic in the garbage).
+    if (was_marked || was_registered) dirty_ = true;
   }
 
   bool Need(std::uint64_t id, const char* what) {
