@@ -13,6 +13,7 @@
 
 #include "gc/generations.hpp"
 #include "gc/marker.hpp"
+#include "gc/memory_map.hpp"
 #include "gc/pacer.hpp"
 #include "gc/preemptible_mutex.hpp"
 #include "gc/roots.hpp"
@@ -24,6 +25,9 @@
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
 #include "heap/options.hpp"
+
+// The stack walks below read other threads' frames, which the sanitizers would flag.
+#define GOFIN_COLLECTOR_NO_SANITIZE __attribute__((no_sanitize("address", "thread")))
 
 namespace gofin::internal {
 
@@ -62,23 +66,129 @@ void FlushAllCaches() {
   for (ThreadCache* c = g_heap.caches; c != nullptr; c = c->next) c->ReleaseAll();
 }
 
+// The x86-64 red zone: a signal's interrupted code may use 128 bytes below its sp.
+constexpr std::uintptr_t kRedZone = 128;
+// How far a stack gofin was not told of is scanned from the stack pointer up: the default
+// thread stack's size (a coroutine library should use gofin::SetCurrentStack instead).
+constexpr std::uintptr_t kUnknownStackLimit = std::uintptr_t{8} << 20;
+
+// The lowest word in [from, to) that points into [lo, hi), or 0. The signal frame a handler
+// on the alternate stack was entered with holds the interrupted stack pointer, so this bounds
+// from below the part of the interrupted stack that is still live.
+GOFIN_COLLECTOR_NO_SANITIZE std::uintptr_t LowestWordIn(std::uintptr_t from, std::uintptr_t to,
+                                                        std::uintptr_t lo, std::uintptr_t hi) {
+  std::uintptr_t low = 0;
+  for (auto p = (from + 7) & ~std::uintptr_t{7}; p + 8 <= to; p += 8) {
+    const std::uintptr_t w = *reinterpret_cast<const std::uintptr_t*>(p);
+    if (w >= lo && w < hi && (low == 0 || w < low)) low = w;
+  }
+  return low;
+}
+
+// The lowest address of the readable mapping that holds the top of [lo, hi): the part of a
+// thread's own stack that exists (a main thread's stack grows on demand below it).
+std::uintptr_t MappedLow(std::uintptr_t lo, std::uintptr_t hi) {
+  std::uintptr_t mlo = 0;
+  std::uintptr_t mhi = 0;
+  if (!FindReadableMapping(hi - 1, mlo, mhi)) return hi;
+  return std::max(lo, mlo);
+}
+
+// A thread's stacks, stopped at sp (the lowest live address: red zone or spilled registers
+// included). Its own stack is always scanned, from sp when it runs there; otherwise from
+// where it left it (gofin::SetCurrentStack), from the interrupted stack pointer that its
+// signal frame holds (a handler on the alternate signal stack), or whole (a stack gofin was
+// not told of: the switch left no trace gofin can read). And the stack it is on: the
+// alternate signal stack or the current segment from sp up, or an unknown stack from sp to
+// the end of its mapping.
+void AddStackRoots(RootRangeList& roots, const ThreadRecord* r, std::uintptr_t sp) {
+  const std::uintptr_t lo = r->stack_lo;
+  const std::uintptr_t hi = r->stack_hi;
+  if (sp >= lo && sp < hi) {
+    roots.Add(sp, hi);
+    return;
+  }
+  std::uintptr_t own_from = r->resume_sp != 0 ? std::max(lo, r->resume_sp - kRedZone) : 0;
+  const bool in_segment = r->segment_hi != 0 && sp >= r->segment_lo && sp < r->segment_hi;
+  if (in_segment) {
+    roots.Add(sp, r->segment_hi);
+  } else if (r->altstack_hi != 0) {
+    const std::uintptr_t alt_from = std::max(sp, r->altstack_lo);
+    roots.Add(alt_from, r->altstack_hi);
+    if (const std::uintptr_t low = LowestWordIn(alt_from, r->altstack_hi, lo, hi); low != 0) {
+      const std::uintptr_t from = std::max(low > kRedZone ? low - kRedZone : 0, MappedLow(lo, hi));
+      own_from = own_from == 0 ? from : std::min(own_from, from);
+    } else if (r->segment_hi == 0) {
+      own_from = 0;  // no trace of where it left its own stack
+    }
+    if (r->segment_hi != 0) {
+      // The handler may have interrupted the segment's code: the segment from that point.
+      const std::uintptr_t seg =
+          LowestWordIn(alt_from, r->altstack_hi, r->segment_lo, r->segment_hi);
+      roots.Add(seg > r->segment_lo + kRedZone ? seg - kRedZone : r->segment_lo, r->segment_hi);
+    }
+  } else {
+    std::uintptr_t mlo = 0;
+    std::uintptr_t mhi = 0;
+    if (FindReadableMapping(sp, mlo, mhi)) roots.Add(sp, std::min(mhi, sp + kUnknownStackLimit));
+  }
+  if (own_from == 0) own_from = MappedLow(lo, hi);
+  roots.Add(own_from, hi);
+  if (r->resume_sp != 0) {
+    const auto regs = reinterpret_cast<std::uintptr_t>(&r->resume_regs[0]);
+    roots.Add(regs, regs + sizeof(r->resume_regs));
+  }
+}
+
 void AddThreadRoots(RootRangeList& roots, std::uintptr_t self_sp, bool scan_self) {
   ThreadRecord* self = CurrentThreadRecord();
   for (ThreadRecord* r = RegistryHead(); r != nullptr; r = r->next) {
     if (r == self && !scan_self) continue;
-    std::uintptr_t sp = r == self ? self_sp : r->stopped_sp.load(std::memory_order_acquire);
+    if (r == self) {
+      // The collector's own registers are on its stack (spilled); the record's copies are
+      // from an earlier stop and stale.
+      NoteStack(r, self_sp);
+      AddStackRoots(roots, r, self_sp);
+      continue;
+    }
+    const std::uintptr_t sp = r->stopped_sp.load(std::memory_order_acquire);
     if (sp == 0) continue;
-    // A thread on another stack (a signal stack, a coroutine) is scanned from its sp to the
-    // end of that region only as far as its registered stack reaches.
-    if (sp < r->stack_lo || sp >= r->stack_hi) continue;
-    roots.Add(sp, r->stack_hi);
-    // The collector's own registers are on its stack (spilled); the record's copy is from an
-    // earlier stop and stale.
-    if (r == self) continue;
+    AddStackRoots(roots, r, sp);
     const auto regs = reinterpret_cast<std::uintptr_t>(&r->regs[0]);
     roots.Add(regs, regs + sizeof(r->regs));
+    const auto vregs = reinterpret_cast<std::uintptr_t>(&r->vector_regs[0]);
+    roots.Add(vregs, vregs + sizeof(r->vector_regs));
   }
 }
+
+// dlclose waits while a collection holds its list of data segments (roots.hpp).
+class DlcloseHold {
+ public:
+  DlcloseHold() : consistent_(HoldDlclose()) {}
+  ~DlcloseHold() { ReleaseDlclose(); }
+  DlcloseHold(const DlcloseHold&) = delete;
+  DlcloseHold& operator=(const DlcloseHold&) = delete;
+  [[nodiscard]] bool Consistent() const { return consistent_; }
+
+ private:
+  bool consistent_;
+};
+
+}  // namespace
+
+// The low end of the stack segment holding sp, or sp itself when gofin does not know it.
+std::uintptr_t CurrentStackLow(std::uintptr_t sp) {
+  const ThreadRecord* r = CurrentThreadRecord();
+  if (r == nullptr) return sp;
+  if (sp >= r->stack_lo && sp < r->stack_hi) return r->stack_lo;
+  if (r->segment_hi != 0 && sp >= r->segment_lo && sp < r->segment_hi) return r->segment_lo;
+  std::uintptr_t lo = 0;
+  std::uintptr_t hi = 0;
+  if (OnAlternateSignalStack(lo, hi) && sp >= lo && sp < hi) return lo;
+  return sp;
+}
+
+namespace {
 
 struct CycleArgs {
   bool forced = false;
@@ -97,6 +207,7 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   const std::uint64_t heap_before = g_heap.heap_live.load(std::memory_order_relaxed);
   RootRangeList& roots = Roots();
   roots.Clear();
+  const DlcloseHold dl_hold;
   CollectDataSegments(roots);
   // Room for every thread's stack and registers and every user root range, with slack for
   // threads that register before the stop: nothing is allocated while the world is stopped.
@@ -104,6 +215,7 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   LockUserRoots();
   StopTheWorld();
   const std::uint64_t t1 = NowNs();
+  if (!dl_hold.Consistent()) DropUnmappedDataSegments(roots);
   FlushAllCaches();
   const bool minor = BeginCycle(cycle.kind);
   cycle.was_minor = minor;
@@ -264,14 +376,15 @@ namespace {
 // below the caller first means those frames are built on zeros. Inlined into GC() and cleared
 // by assembly from the stack pointer down, so that no slot is left between GC()'s frame and
 // the cleared bytes (an aligned array local left up to 63 bytes of padding above it, where an
-// unoptimised build's collector frames then found a stale copy). Bounded by the room the
-// thread's stack has left, so a small stack is never overrun.
+// unoptimised build's collector frames then found a stale copy). Bounded by the room left in
+// the stack segment the thread runs on (its own stack, its SetCurrentStack segment, its
+// alternate signal stack), so a small stack is never overrun; on a stack gofin was not told
+// of, nothing is cleared.
 [[gnu::always_inline]] inline void ClearDeadStack() {
   constexpr std::size_t kClearBytes = std::size_t{8} * 1024;
   constexpr std::size_t kKeepFree = std::size_t{32} * 1024;  // what the collection may need below
-  const internal::ThreadRecord* self = internal::CurrentThreadRecord();
   const auto sp = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
-  if (self == nullptr || sp < self->stack_lo + kClearBytes + kKeepFree) return;
+  if (sp < internal::CurrentStackLow(sp) + kClearBytes + kKeepFree) return;
   internal::gofin_clear_stack(kClearBytes);
 }
 

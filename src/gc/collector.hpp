@@ -24,6 +24,10 @@ struct CycleCounters {
 };
 CycleCounters Counters();
 
+// The low end of the calling thread's stack segment that holds sp (its own stack, its
+// SetCurrentStack segment or its alternate signal stack), or sp when gofin does not know it.
+std::uintptr_t CurrentStackLow(std::uintptr_t sp);
+
 // Stops the world for a consistent read (ReadMemStats); runs fn with the world stopped and
 // every thread cache flushed.
 void WithWorldStopped(void (*fn)(void*), void* arg);

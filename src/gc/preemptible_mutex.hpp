@@ -4,10 +4,14 @@
 // stoppable: under ThreadSanitizer a thread blocked in pthread_mutex_lock never runs its stop
 // signal, so the waiter polls with try_lock and sleeps in nanosleep, where every runtime
 // delivers signals. These locks are rarely contended; the wait is a collection at most.
-#include <ctime>
 #include <mutex>
 
 namespace gofin::internal {
+
+// nanosleep for ns (< 1 s) with cancellation disabled: gofin's waits are no cancellation
+// points (they run inside noexcept paths such as a Root's release, where pthread_cancel's
+// unwinding would terminate the program). Defined in stop_the_world.cpp.
+void NonCancelableSleep(long ns);
 
 class PreemptibleMutex {
  public:
@@ -16,8 +20,7 @@ class PreemptibleMutex {
       if (spins < 64) {
         __builtin_ia32_pause();
       } else {
-        timespec ts{0, 20000};
-        nanosleep(&ts, nullptr);
+        NonCancelableSleep(20000);
       }
     }
   }

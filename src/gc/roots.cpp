@@ -1,5 +1,6 @@
 #include "gc/roots.hpp"
 
+#include <dlfcn.h>
 #include <link.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <mutex>
 #include <new>
 
+#include "gc/memory_map.hpp"
 #include "gc/preemptible_mutex.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/root.hpp"
@@ -94,6 +96,73 @@ void CollectDataSegments(RootRangeList& out) {
       &out);
 }
 
+namespace {
+
+// Go has no dlclose; bdwgc's GC_dlclose wrapper is the model (it takes the allocation lock).
+constinit std::atomic<int> g_dl_hold{0};       // a collection holds its list of segments
+constinit std::atomic<int> g_dl_in_flight{0};  // dlclose calls past the hold's check
+constinit thread_local int t_in_dlclose __attribute__((tls_model("initial-exec"))) = 0;
+
+using DlcloseFn = int (*)(void*);
+constinit std::atomic<DlcloseFn> g_real_dlclose{nullptr};
+
+[[gnu::constructor(101)]] void FindRealDlclose() {
+  g_real_dlclose.store(reinterpret_cast<DlcloseFn>(dlsym(RTLD_NEXT, "dlclose")),
+                       std::memory_order_release);
+}
+
+}  // namespace
+
+bool HoldDlclose() {
+  // seq_cst, both sides (Dekker): either the collector sees the dlclose in flight, or the
+  // dlclose sees the hold and waits.
+  g_dl_hold.store(1, std::memory_order_seq_cst);
+  // A dlclose on this very thread (its library's destructor started this collection) has
+  // not unmapped anything yet and cannot while this runs.
+  for (int i = 0; i < 5000; ++i) {
+    if (g_dl_in_flight.load(std::memory_order_seq_cst) <= t_in_dlclose) return true;
+    NonCancelableSleep(20000);
+  }
+  return false;
+}
+
+void ReleaseDlclose() { g_dl_hold.store(0, std::memory_order_release); }
+
+void DropUnmappedDataSegments(RootRangeList& roots) {
+  // Marks each range that some run of touching readable mappings holds whole, in bit 0 of
+  // its (word-aligned) start, then keeps the marked ones.
+  struct Run {
+    RootRangeList* roots;
+    std::uintptr_t lo = 0;
+    std::uintptr_t hi = 0;
+    void Close() {
+      for (std::size_t i = 0; i < roots->Size(); ++i) {
+        RootRange& r = roots->At(i);
+        if ((r.lo & ~std::uintptr_t{1}) >= lo && r.hi <= hi) r.lo |= 1;
+      }
+      lo = hi = 0;
+    }
+  } run{&roots};
+  const bool read = ForEachMapping(
+      [](void* ctx, std::uintptr_t lo, std::uintptr_t hi, bool readable) {
+        auto& run = *static_cast<Run*>(ctx);
+        if (!readable || lo != run.hi) run.Close();
+        if (readable) {
+          if (run.hi == 0) run.lo = lo;
+          run.hi = hi;
+        }
+        return true;
+      },
+      &run);
+  run.Close();
+  if (!read) {
+    roots.Filter([](const RootRange&) { return false; });  // nothing known to be mapped
+    return;
+  }
+  roots.Filter([](const RootRange& r) { return (r.lo & 1) != 0; });
+  for (std::size_t i = 0; i < roots.Size(); ++i) roots.At(i).lo &= ~std::uintptr_t{1};
+}
+
 void ResetUserRootsAfterFork() { std::construct_at(&Roots().lock); }
 
 void LockUserRoots() { Roots().lock.lock(); }
@@ -109,6 +178,27 @@ void CollectUserRoots(RootRangeList& out) {
 }
 
 }  // namespace gofin::internal
+
+extern "C" int dlclose(void* handle) {
+  using namespace gofin::internal;
+  DlcloseFn real = g_real_dlclose.load(std::memory_order_acquire);
+  if (real == nullptr) {
+    FindRealDlclose();
+    real = g_real_dlclose.load(std::memory_order_acquire);
+  }
+  for (;;) {
+    g_dl_in_flight.fetch_add(1, std::memory_order_seq_cst);
+    if (g_dl_hold.load(std::memory_order_seq_cst) == 0) break;
+    g_dl_in_flight.fetch_sub(1, std::memory_order_seq_cst);
+    // A registered thread stays stoppable here (nanosleep takes the stop signal everywhere).
+    while (g_dl_hold.load(std::memory_order_acquire) != 0) NonCancelableSleep(50000);
+  }
+  ++t_in_dlclose;
+  const int result = real(handle);
+  --t_in_dlclose;
+  g_dl_in_flight.fetch_sub(1, std::memory_order_release);
+  return result;
+}
 
 namespace gofin {
 

@@ -3,10 +3,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <ctime>
 #include <memory>
 
 #include "gc/collector.hpp"
+#include "gc/stop_the_world.hpp"
 #include "gofin/detail/runtime.hpp"
 #include "heap/fixalloc.hpp"
 #include "heap/heap.hpp"
@@ -37,8 +39,7 @@ namespace {
 // can be sent a stop signal. (Later libtsan versions create the context with a CAS.)
 void PrepareForStopSignals() {
 #if defined(GOFIN_TSAN)
-  timespec zero{0, 0};
-  nanosleep(&zero, nullptr);
+  NonCancelableSleep(0);
 #endif
 }
 
@@ -56,9 +57,28 @@ struct ExitGuard {
   bool armed = false;
   ~ExitGuard() {
     if (armed) UnregisterThread();
+    t_local.exit_hook_ran = true;
   }
 };
 thread_local ExitGuard t_exit_guard;
+
+// A thread_local destructor that runs after the guard's (one constructed before it) or a
+// pthread_key destructor may call gofin, which registers the dying thread again. That
+// registration is undone by this key's destructor: glibc runs key destructors after every
+// thread_local one, and again (up to PTHREAD_DESTRUCTOR_ITERATIONS rounds) while destructors
+// set keys, so a registration made in a key destructor is undone too. A thread that still
+// exits registered (a registration in the last round) is found gone by the next stop and
+// dropped; it is never waited for. (An unregistered thread with a cache cannot be allowed:
+// its allocation fast path would race the collector's cache flush, which only the stop
+// signal keeps apart.)
+pthread_key_t LateExitKey() {
+  static const pthread_key_t key = [] {
+    pthread_key_t k{};
+    pthread_key_create(&k, [](void* /*record*/) { UnregisterThread(); });
+    return k;
+  }();
+  return key;
+}
 
 void StackBounds(std::uintptr_t& lo, std::uintptr_t& hi) {
   pthread_attr_t attr;
@@ -100,9 +120,13 @@ bool RegisterThread() {
   StackBounds(lo, hi);
   ThreadCache* cache = t_local.cache != nullptr ? t_local.cache : NewThreadCache();
   PrepareForStopSignals();
+  // A mask inherited from the creating thread (signals blocked around pthread_create) would
+  // keep this thread from ever stopping.
+  UnblockStopSignals();
+  ThreadRecord* r = nullptr;
   {
     std::lock_guard lock(RegistryLock());
-    ThreadRecord* r = g_record_alloc.Alloc();
+    r = g_record_alloc.Alloc();
     r->thread = pthread_self();
     r->tid = static_cast<pid_t>(syscall(SYS_gettid));
     r->stack_lo = lo;
@@ -115,7 +139,11 @@ bool RegisterThread() {
     t_local.record = r;
     g_thread_count.fetch_add(1, std::memory_order_relaxed);
   }
-  t_exit_guard.armed = true;
+  if (t_local.exit_hook_ran) {
+    pthread_setspecific(LateExitKey(), r);
+  } else {
+    t_exit_guard.armed = true;
+  }
   return true;
 }
 
@@ -148,7 +176,70 @@ void UnregisterThread() {
   t_local.record = nullptr;
   g_record_alloc.Free(r);
   g_thread_count.fetch_sub(1, std::memory_order_relaxed);
-  t_exit_guard.armed = false;
+  if (!t_local.exit_hook_ran) t_exit_guard.armed = false;
+}
+
+void RemoveDeadThreadRecords() {
+  ThreadRecord* r = g_threads;
+  while (r != nullptr) {
+    ThreadRecord* next = r->next;
+    if (r->tid == 0) {
+      if (r->prev != nullptr) {
+        r->prev->next = r->next;
+      } else {
+        g_threads = r->next;
+      }
+      if (r->next != nullptr) r->next->prev = r->prev;
+      // The thread is gone: its cached spans go back to the central lists.
+      if (r->cache != nullptr) {
+        r->cache->ReleaseAll();
+        RemoveThreadCache(r->cache);
+      }
+      g_record_alloc.Free(r);
+      g_thread_count.fetch_sub(1, std::memory_order_relaxed);
+    }
+    r = next;
+  }
+}
+
+namespace {
+void NoteResume(void* arg, std::uintptr_t sp) {
+  auto* r = static_cast<ThreadRecord*>(arg);
+  r->resume_sp = sp;
+  std::memcpy(r->resume_regs, reinterpret_cast<const void*>(sp + kSpilledCalleeOffset),
+              sizeof(r->resume_regs));
+}
+}  // namespace
+
+void SetCurrentStack(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+  RegisterThread();
+  auto* r = static_cast<ThreadRecord*>(t_local.record);
+  if (r == nullptr) return;  // a gofin-internal thread
+  // A stop sees the segment and the resume point both old or both new.
+  NoPreempt region;
+  if (hi <= lo || (lo == r->stack_lo && hi == r->stack_hi)) {
+    r->segment_lo = r->segment_hi = 0;
+    r->resume_sp = 0;
+    return;
+  }
+  if (r->segment_hi == 0) {
+    // Leaving its own stack: the frames above here stay live, and the callee-saved registers
+    // they hold are kept, since the switch may save them where gofin does not look.
+    const auto sp = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
+    if (sp >= r->stack_lo && sp < r->stack_hi) {
+      gofin_spill_registers_and_call(r, &NoteResume);
+    } else {
+      r->resume_sp = 0;  // on a stack gofin was not told of: the whole own stack is scanned
+    }
+  }
+  r->segment_lo = lo;
+  r->segment_hi = hi;
+}
+
+void CurrentStack(std::uintptr_t& lo, std::uintptr_t& hi) noexcept {
+  const auto* r = static_cast<const ThreadRecord*>(t_local.record);
+  lo = r != nullptr ? r->segment_lo : 0;
+  hi = r != nullptr ? r->segment_hi : 0;
 }
 
 void ResetRegistryAfterFork() {
@@ -188,4 +279,17 @@ ThreadCache* AttachCurrentThread() {
 namespace gofin::detail {
 bool RegisterCurrentThread() { return internal::RegisterThread(); }
 void UnregisterCurrentThread() { internal::UnregisterThread(); }
+void SwitchStack(void* lo, void* hi, void** prev_lo, void** prev_hi) noexcept {
+  std::uintptr_t plo = 0;
+  std::uintptr_t phi = 0;
+  internal::CurrentStack(plo, phi);
+  if (prev_lo != nullptr) *prev_lo = reinterpret_cast<void*>(plo);
+  if (prev_hi != nullptr) *prev_hi = reinterpret_cast<void*>(phi);
+  internal::SetCurrentStack(reinterpret_cast<std::uintptr_t>(lo),
+                            reinterpret_cast<std::uintptr_t>(hi));
+}
 }  // namespace gofin::detail
+
+namespace gofin {
+void SetCurrentStack(void* lo, void* hi) noexcept { detail::SwitchStack(lo, hi, nullptr, nullptr); }
+}  // namespace gofin

@@ -25,6 +25,10 @@ struct ThreadLocalState {
   bool gc_internal = false;
   // The span this thread is sweeping (its destructors may touch neighbours in it).
   void* sweeping_span = nullptr;
+  // The thread's exit hook (thread_registry's thread_local guard) has run: a later
+  // registration (a thread_local or pthread_key destructor calling gofin) is undone by a
+  // pthread_key destructor instead, which runs after every thread_local destructor.
+  bool exit_hook_ran = false;
 };
 
 extern constinit thread_local ThreadLocalState t_local __attribute__((tls_model("initial-exec")));

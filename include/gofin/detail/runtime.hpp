@@ -27,5 +27,8 @@ void ReleaseRootSlot(void** slot) noexcept;
 
 bool RegisterCurrentThread();
 void UnregisterCurrentThread();
+// Records the calling thread's current stack segment ([lo, hi); null: its own stack) and
+// returns the previous one through prev_lo/prev_hi when they are not null.
+void SwitchStack(void* lo, void* hi, void** prev_lo, void** prev_hi) noexcept;
 
 }  // namespace gofin::detail
