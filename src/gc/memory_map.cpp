@@ -71,7 +71,7 @@ bool ForEachMapping(MappingFn fn, void* ctx) {
       }
     }
     // Keep the partial line for the next read.
-    std::size_t rest = static_cast<std::size_t>(end - line);
+    auto rest = static_cast<std::size_t>(end - line);
     if (rest == kBufferBytes) rest = 0;  // a line longer than the buffer: dropped
     std::memmove(g_buffer, line, rest);
     have = rest;
@@ -83,7 +83,7 @@ bool ForEachMapping(MappingFn fn, void* ctx) {
 
 bool FindReadableMapping(std::uintptr_t addr, std::uintptr_t& lo, std::uintptr_t& hi) {
   struct Search {
-    std::uintptr_t addr;
+    std::uintptr_t addr = 0;
     std::uintptr_t lo = 0;
     std::uintptr_t hi = 0;
     bool found = false;

@@ -132,7 +132,7 @@ void DropUnmappedDataSegments(RootRangeList& roots) {
   // Marks each range that some run of touching readable mappings holds whole, in bit 0 of
   // its (word-aligned) start, then keeps the marked ones.
   struct Run {
-    RootRangeList* roots;
+    RootRangeList* roots = nullptr;
     std::uintptr_t lo = 0;
     std::uintptr_t hi = 0;
     void Close() {
