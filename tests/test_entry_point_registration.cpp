@@ -48,16 +48,8 @@ std::uintptr_t Encode(const volatile void* p) {
 
 int Load(const std::atomic<int>& a) { return a.load(); }
 
-class RegistrationEnv : public ::testing::Environment {
- public:
-  void SetUp() override { old_ = gofin::debug::SetGCPercent(-1); }
-  void TearDown() override { gofin::debug::SetGCPercent(old_); }
-
- private:
-  int old_ = 100;
-};
 [[maybe_unused]] ::testing::Environment* const g_env =
-    ::testing::AddGlobalTestEnvironment(new RegistrationEnv);
+    ::testing::AddGlobalTestEnvironment(new gofin_test::NoPacingEnvironment);
 
 constexpr std::uint64_t kCanary = 0x9e3779b97f4a7c15ULL;
 

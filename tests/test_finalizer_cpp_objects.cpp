@@ -76,11 +76,7 @@ bool Drain() { return gofin::testing::BlockUntilEmptyFinalizerQueue(30s); }
   ASSERT_TRUE(Drain()) << "the finalizer queue did not drain within 30 s";
 }
 
-template <class F>
-void InThread(F&& f) {
-  std::thread t(std::forward<F>(f));
-  t.join();
-}
+using gofin_test::InThread;
 
 volatile std::uintptr_t g_mask = 0x5a5a000000000000ULL;
 std::uintptr_t Encode(const volatile void* p) {
@@ -93,16 +89,8 @@ T* Decode(std::uintptr_t v) {
 
 int Load(const std::atomic<int>& a) { return a.load(); }
 
-class CppObjectsEnv : public ::testing::Environment {
- public:
-  void SetUp() override { old_ = gofin::debug::SetGCPercent(-1); }
-  void TearDown() override { gofin::debug::SetGCPercent(old_); }
-
- private:
-  int old_ = 100;
-};
 [[maybe_unused]] ::testing::Environment* const g_env =
-    ::testing::AddGlobalTestEnvironment(new CppObjectsEnv);
+    ::testing::AddGlobalTestEnvironment(new gofin_test::NoPacingEnvironment);
 
 constexpr std::uint64_t kCanary = 0x9e3779b97f4a7c15ULL;
 constexpr std::uint64_t kDead = 0xdeadbeefdeadbeefULL;

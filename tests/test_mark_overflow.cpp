@@ -40,24 +40,12 @@ using namespace std::chrono_literals;
 
 bool Drain() { return gofin::testing::BlockUntilEmptyFinalizerQueue(60s); }
 
-template <class F>
-void InThread(F&& f) {
-  std::thread t(std::forward<F>(f));
-  t.join();
-}
+using gofin_test::InThread;
 
 int Load(const std::atomic<int>& a) { return a.load(); }
 
-class OverflowEnv : public ::testing::Environment {
- public:
-  void SetUp() override { old_ = gofin::debug::SetGCPercent(-1); }
-  void TearDown() override { gofin::debug::SetGCPercent(old_); }
-
- private:
-  int old_ = 100;
-};
 [[maybe_unused]] ::testing::Environment* const g_env =
-    ::testing::AddGlobalTestEnvironment(new OverflowEnv);
+    ::testing::AddGlobalTestEnvironment(new gofin_test::NoPacingEnvironment);
 
 constexpr std::uint64_t kCanary = 0x9e3779b97f4a7c15ULL;
 constexpr std::uint64_t kDead = 0xdeadbeefdeadbeefULL;

@@ -41,17 +41,7 @@ namespace {
 using namespace std::chrono_literals;
 using gofin_test::ClobberStack;
 
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kTsan = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kTsan = true;
-#else
-constexpr bool kTsan = false;
-#endif
-#else
-constexpr bool kTsan = false;
-#endif
+constexpr bool kTsan = gofin_test::kThreadSanitizer;
 
 struct Obj {
   std::uint64_t value = 0;

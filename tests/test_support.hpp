@@ -2,12 +2,16 @@
 // Helpers several test files share: a watchdog that turns a hang into an abort with a name,
 // and a wipe of the dead stack below the caller (conservative scanning: a stale word there
 // would keep an object alive).
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <gofin/gofin.hpp>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 namespace gofin_test {
 
@@ -67,5 +71,37 @@ class Watchdog {
       :
       : "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "memory", "cc");
 }
+
+// Whether the binary runs under ThreadSanitizer (some tests need a signal TSan cannot deliver).
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kThreadSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+inline constexpr bool kThreadSanitizer = true;
+#else
+inline constexpr bool kThreadSanitizer = false;
+#endif
+#else
+inline constexpr bool kThreadSanitizer = false;
+#endif
+
+// Runs f on a short-lived thread: what it allocates and drops leaves no stale word on the test's
+// own stack (a dead thread's stack is not scanned).
+template <class F>
+void InThread(F&& f) {
+  std::thread t(std::forward<F>(f));
+  t.join();
+}
+
+// A test environment that turns pacing off for the whole binary, so that only the tests'
+// own GC() calls collect: their counts of finalizers per cycle are exact.
+class NoPacingEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override { old_ = gofin::debug::SetGCPercent(-1); }
+  void TearDown() override { gofin::debug::SetGCPercent(old_); }
+
+ private:
+  int old_ = 100;
+};
 
 }  // namespace gofin_test
