@@ -396,7 +396,7 @@ namespace gc_in_dtor {
 std::atomic<int> g_dtors{0};
 struct CallsGC {
   ~CallsGC() {
-    gofin::GC();  // from inside a sweep: must return at once without collecting
+    gofin::GC();  // on the destructor thread: collects, without waiting for itself
     g_dtors.fetch_add(1, std::memory_order_relaxed);
   }
 };
@@ -408,17 +408,19 @@ struct CallsGC {
 }
 }  // namespace gc_in_dtor
 
-TEST(Collector, GCInsideADestructorIsAHarmlessNoOp) {
-  Watchdog wd("GCInsideADestructorIsAHarmlessNoOp");
+TEST(Collector, GCInsideADestructorCollectsAndReturns) {
+  Watchdog wd("GCInsideADestructorCollectsAndReturns");
   using gc_in_dtor::g_dtors;
   g_dtors = 0;
-  constexpr int kN = 1000;
+  constexpr int kN = 100;
   InThread([] { gc_in_dtor::MakeGarbage(kN); });
   const std::uint64_t gcs_before = gofin::ReadMemStats().NumGC;
   CollectClean();
   const std::uint64_t gcs_after = gofin::ReadMemStats().NumGC;
   EXPECT_EQ(Load(g_dtors), kN);
-  EXPECT_EQ(gcs_after - gcs_before, 1U) << "a GC() called from a destructor collected";
+  // Destructors run on gofin's destructor thread, outside every collection: a GC() there is
+  // a collection like any other, and GC() returned after all of them.
+  EXPECT_EQ(gcs_after - gcs_before, 1U + kN) << "each GC() called from a destructor collects";
 }
 
 namespace stats_in_dtor {

@@ -511,7 +511,7 @@ namespace {
 std::atomic<int> g_dtor_gc_returned{0};
 struct CallsGC {
   ~CallsGC() {
-    gofin::GC();  // from the sweeper: must be a no-op, not a self-deadlock
+    gofin::GC();  // on the destructor thread: a collection, not a self-deadlock
     gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers);
     g_dtor_gc_returned.fetch_add(1);
   }
@@ -519,7 +519,7 @@ struct CallsGC {
 };
 struct AllocatesInDestructor {
   ~AllocatesInDestructor() {
-    for (int i = 0; i < 2000; ++i) gofin::Alloc(512);  // past any trigger: must start no cycle
+    for (int i = 0; i < 2000; ++i) gofin::Alloc(512);  // past any trigger: may start cycles
     allocated.fetch_add(1);
   }
   static inline std::atomic<int> allocated{0};
@@ -527,7 +527,7 @@ struct AllocatesInDestructor {
 };
 }  // namespace
 
-TEST(Misuse, GCFromADestructorIsANoOp) {
+TEST(Misuse, GCFromADestructorCollectsAndReturns) {
   g_dtor_gc_returned = 0;
   InThread([] {
     for (int i = 0; i < 5; ++i) gofin::New<CallsGC>();
@@ -535,10 +535,11 @@ TEST(Misuse, GCFromADestructorIsANoOp) {
   const std::uint64_t before = gofin::ReadMemStats().NumGC;
   ExactGC();
   EXPECT_EQ(g_dtor_gc_returned.load(), 5);
-  EXPECT_EQ(gofin::ReadMemStats().NumGC, before + 1) << "GC() inside a destructor must not collect";
+  EXPECT_EQ(gofin::ReadMemStats().NumGC, before + 1 + 2 * 5)
+      << "each GC() inside a destructor is one collection";
 }
 
-TEST(Misuse, AllocationInADestructorWorksAndStartsNoCollection) {
+TEST(Misuse, AllocationInADestructorWorksAndMayCollect) {
   AllocatesInDestructor::allocated = 0;
   gofin::debug::SetGCPercent(1);  // every allocation slow path would like a cycle
   InThread([] {
@@ -549,7 +550,7 @@ TEST(Misuse, AllocationInADestructorWorksAndStartsNoCollection) {
   const std::uint64_t after = gofin::ReadMemStats().NumGC;
   gofin::debug::SetGCPercent(-1);
   EXPECT_EQ(AllocatesInDestructor::allocated.load(), 3);
-  EXPECT_EQ(after, before + 1);
+  EXPECT_GE(after, before + 1);
 }
 
 namespace {

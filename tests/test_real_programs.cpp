@@ -1,7 +1,8 @@
 // The collector in real programs (the issue of that name): stacks other than a thread's own
 // (coroutines, alternate signal stacks), pointers only in vector registers, a stop signal that
 // cannot be queued, blocked or taken over, dlclose during a collection, pthread_cancel, and
-// threads that call gofin from their exit destructors.
+// threads that call gofin from their exit destructors, destructors that take the program's
+// locks or block.
 //
 // Whatever can hang or crash runs in a child process (a death test, re-executed: gofin has
 // threads) that bounds itself with alarm(). Objects that must survive are held in one frame
@@ -27,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <gofin/gofin.hpp>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -794,6 +796,160 @@ TEST_F(RealPrograms, PthreadKeyDestructorAllocatingAfterTheExitHookDoesNotHangCo
         ChildExit(true);
       },
       ::testing::ExitedWithCode(0), "");
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Destructors are user code: they run on gofin's destructor thread, never inside an
+// allocation or a collection, and no stop waits for one.
+
+namespace dtors {
+
+std::mutex g_registry_mu;
+std::atomic<std::uint64_t> g_destroyed{0};
+std::atomic<pid_t> g_dtor_tid{0};
+std::atomic<bool> g_ran_on_a_mutator{false};
+std::atomic<pid_t> g_mutator_tids[4];
+
+pid_t Tid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
+
+// A registry whose mutex the program holds around New<Tracked>() and which ~Tracked takes:
+// the pattern that deadlocked while the sweep (inside New and GC) ran destructors.
+struct Tracked {
+  ~Tracked() {
+    const std::lock_guard lock(g_registry_mu);
+    const pid_t me = Tid();
+    for (auto& t : g_mutator_tids) {
+      if (t.load() == me) g_ran_on_a_mutator.store(true);
+    }
+    g_dtor_tid.store(me);
+    g_destroyed.fetch_add(1);
+  }
+  std::uint64_t payload[3] = {};
+};
+
+[[gnu::noinline]] void AllocateUnderTheLock(int n) {
+  for (int i = 0; i < n; ++i) {
+    const std::lock_guard lock(g_registry_mu);
+    auto* t = gofin::New<Tracked>();
+    t->payload[0] = static_cast<std::uint64_t>(i);
+  }
+}
+
+struct ListNode {
+  ~ListNode() { g_destroyed.fetch_add(1); }
+  ListNode* next = nullptr;
+  std::uint64_t pad = 0;
+};
+
+[[gnu::noinline]] void BuildGarbageList(int n) {
+  ListNode* head = nullptr;
+  for (int i = 0; i < n; ++i) {
+    auto* node = gofin::New<ListNode>();
+    node->next = head;
+    head = node;
+  }
+  asm volatile("" : : "r"(head) : "memory");
+}
+
+std::atomic<bool> g_release{false};
+std::atomic<bool> g_blocking{false};
+struct Blocks {
+  // Blocks the destructor thread until released (bounded), in a loop the stop signal can
+  // interrupt like any other code.
+  ~Blocks() {
+    g_blocking.store(true);
+    for (int i = 0; i < 30000 && !g_release.load(); ++i) usleep(1000);
+  }
+  std::uint64_t pad[2] = {};
+};
+
+[[gnu::noinline]] void MakeBlocking() { gofin::KeepAlive(gofin::New<Blocks>()); }
+
+[[gnu::noinline]] void Churn(int n) {
+  for (int i = 0; i < n; ++i) gofin::KeepAlive(gofin::Alloc(256));
+}
+
+}  // namespace dtors
+
+TEST_F(RealPrograms, DestructorTakingALockHeldAroundAllocationDoesNotDeadlock) {
+  EXPECT_EXIT(
+      {
+        alarm(60);
+        gofin::debug::SetGCPercent(10);  // automatic cycles inside the locked New()s
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 2; ++t) {
+          threads.emplace_back([t] {
+            dtors::g_mutator_tids[t].store(dtors::Tid());
+            dtors::AllocateUnderTheLock(30000);
+          });
+        }
+        dtors::g_mutator_tids[2].store(dtors::Tid());
+        for (int i = 0; i < 20; ++i) gofin::GC();  // GC() while the others hold the lock
+        for (auto& t : threads) t.join();
+        gofin::GC();
+        const bool ok = dtors::g_destroyed.load() > 0 && !dtors::g_ran_on_a_mutator.load();
+        if (!ok) {
+          std::fprintf(stderr, "destroyed=%llu on_a_mutator=%d\n",
+                       static_cast<unsigned long long>(dtors::g_destroyed.load()),
+                       static_cast<int>(dtors::g_ran_on_a_mutator.load()));
+        }
+        ChildExit(ok);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST_F(RealPrograms, AutomaticCollectionsGoOnWhileADestructorBlocks) {
+  EXPECT_EXIT(
+      {
+        alarm(10);  // the destructor would block for 30 s
+        dtors::MakeBlocking();
+        ClobberStack();
+        gofin::debug::SetGCPercent(10);
+        // Automatic cycles find the object dead and queue its destructor, which then blocks.
+        for (int i = 0; i < 20000 && !dtors::g_blocking.load(); ++i) dtors::Churn(100);
+        if (!dtors::g_blocking.load()) ChildExit(false);
+        const std::uint64_t before = gofin::ReadMemStats().NumGC;
+        for (int i = 0; i < 20000 && gofin::ReadMemStats().NumGC < before + 5; ++i) {
+          dtors::Churn(100);
+        }
+        const bool ok = gofin::ReadMemStats().NumGC >= before + 5;
+        if (!ok) std::fprintf(stderr, "no collection completed while the destructor blocked\n");
+        dtors::g_release.store(true);
+        gofin::GC();  // returns once the destructor did
+        ChildExit(ok);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST_F(RealPrograms, ListOfObjectsWithDestructorsIsFreedByOneGC) {
+  constexpr int kN = 5000;
+  dtors::g_destroyed = 0;
+  std::thread([] { dtors::BuildGarbageList(kN); }).join();
+  const gofin::MemStats before = gofin::ReadMemStats();
+  gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers);
+  const gofin::MemStats after = gofin::ReadMemStats();
+  // Queued objects are kept but not scanned: every node's destructor ran in the one cycle
+  // that found the list dead, and GC() gave their memory back before returning.
+  EXPECT_EQ(dtors::g_destroyed.load(), static_cast<std::uint64_t>(kN));
+  EXPECT_GE(before.HeapObjects - after.HeapObjects, static_cast<std::uint64_t>(kN));
+  EXPECT_GE(after.Frees - before.Frees, static_cast<std::uint64_t>(kN));
+}
+
+TEST_F(RealPrograms, DestructorsRunOffTheCallersThread) {
+  dtors::g_destroyed = 0;
+  dtors::g_dtor_tid = 0;
+  dtors::g_ran_on_a_mutator = false;
+  for (auto& t : dtors::g_mutator_tids) t = 0;
+  dtors::g_mutator_tids[0] = dtors::Tid();
+  std::thread([] {
+    dtors::g_mutator_tids[1] = dtors::Tid();
+    dtors::AllocateUnderTheLock(1000);
+  }).join();
+  gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers);
+  EXPECT_EQ(dtors::g_destroyed.load(), 1000U);
+  EXPECT_FALSE(dtors::g_ran_on_a_mutator.load());
+  EXPECT_NE(dtors::g_dtor_tid.load(), 0);
+  EXPECT_NE(dtors::g_dtor_tid.load(), dtors::Tid());
 }
 
 }  // namespace

@@ -7,6 +7,10 @@ namespace gofin::testing {
 // True once the finalizer queue is empty and no finalizer is running; false on timeout.
 bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout);
 
+// True once every C++ destructor queued by a sweep so far has run (they run on gofin's
+// destructor thread, after the cycle that found their objects dead); false on timeout.
+bool BlockUntilEmptyDestructorQueue(std::chrono::nanoseconds timeout);
+
 // V8 cppgc: StackState. A collection like gofin::GC() that, with kNoHeapPointers, does not
 // scan the calling thread's stack and registers: for tests that keep every GC pointer
 // elsewhere (Root<T>, other threads) and need exact reachability despite conservative

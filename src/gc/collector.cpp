@@ -11,6 +11,7 @@
 #include <mutex>
 #include <thread>
 
+#include "gc/destructor_queue.hpp"
 #include "gc/generations.hpp"
 #include "gc/marker.hpp"
 #include "gc/memory_map.hpp"
@@ -203,6 +204,8 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   auto& cycle = *static_cast<CycleArgs*>(arg);
   const bool forced = cycle.forced;
   const std::uint64_t t0 = NowNs();
+  // Before any sweep of this cycle can queue a destructor; after fork() it starts anew here.
+  StartDestructorThread();
   FinishSweep();
   const std::uint64_t heap_before = g_heap.heap_live.load(std::memory_order_relaxed);
   RootRangeList& roots = Roots();
@@ -286,6 +289,7 @@ void AfterForkInChild() {
   ResetMarkWorkersAfterFork();
   ResetSweeperAfterFork();
   ResetGenerationsAfterFork();
+  ResetDestructorQueueAfterFork();
   std::construct_at(&GcLock());
 }
 
@@ -298,8 +302,8 @@ bool Collect(bool forced, bool scan_own_stack = true, CycleKind kind = CycleKind
   return args.was_minor;
 }
 
-// A collection started from inside a sweep (a destructor) would wait for that sweep.
-bool MayCollectHere() { return t_local.guard_depth == 0 && t_local.in_gc_user_code == 0; }
+// A collection started from inside a guarded sweep would wait for that sweep.
+bool MayCollectHere() { return t_local.guard_depth == 0; }
 
 }  // namespace
 
@@ -318,6 +322,7 @@ void EnsureCollectorInitialized() {
     InitStopTheWorld();
     InitMarkWorkers(workers);
     InitGenerations();
+    AddExtraRootsHook(&MarkDestructorQueueRoots);
     pthread_atfork(nullptr, nullptr, &AfterForkInChild);
   });
 }
@@ -341,9 +346,14 @@ void MaybeStartGC() {
 bool CollectForOOM() {
   if (!MayCollectHere()) return false;
   RegisterThread();
-  std::lock_guard lock(GcLock());
-  Collect(true);
-  FinishSweep();
+  {
+    std::lock_guard lock(GcLock());
+    Collect(true);
+    FinishSweep();
+  }
+  // Memory of objects whose destructors already ran; an allocation never waits for the
+  // destructor thread (its destructors may need a lock this thread holds).
+  FreeDestroyed();
   return true;
 }
 
@@ -351,8 +361,8 @@ void WithWorldStopped(void (*fn)(void*), void* arg) {
   EnsureCollectorInitialized();
   RegisterThread();
   if (!MayCollectHere()) {
-    // From a destructor the sweeper runs (a stop would wait for this very sweep): the
-    // counters as they are, without the stop and flush that make them agree exactly.
+    // Inside a guard (a stop would wait for it): the counters as they are, without the stop
+    // and flush that make them agree exactly.
     fn(arg);
     return;
   }
@@ -390,12 +400,20 @@ namespace {
 
 [[gnu::noinline]] bool ForcedCollection(bool scan_own_stack, internal::CycleKind kind) {
   internal::RegisterThread();
-  // From a destructor the sweeper runs, a collection would wait for itself: do nothing.
+  // Inside a guard a collection would wait for itself: do nothing.
   if (!internal::MayCollectHere()) return false;
   internal::EnsureCollectorInitialized();
-  std::lock_guard lock(internal::GcLock());
-  const bool minor = internal::Collect(true, scan_own_stack, kind);
-  internal::FinishSweep();
+  bool minor = false;
+  {
+    std::lock_guard lock(internal::GcLock());
+    minor = internal::Collect(true, scan_own_stack, kind);
+    internal::FinishSweep();
+  }
+  // API.md: GC() returns after the destructors its cycle caused. They run on the destructor
+  // thread (gc/destructor_queue.hpp); nothing of gofin's is held while this thread waits.
+  // Their objects' memory is given back before GC() returns, without another mark.
+  internal::WaitForDestructors();
+  internal::FreeDestroyed();
   return minor;
 }
 }  // namespace

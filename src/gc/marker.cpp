@@ -387,6 +387,19 @@ GOFIN_NO_SANITIZE void MarkWorker::ScanRange(std::uintptr_t lo, std::uintptr_t h
 
 void MarkWorker::MarkPointer(std::uintptr_t p) { MarkPointerInline<false>(p); }
 
+void MarkWorker::MarkObjectOnly(std::uintptr_t p) {
+  Span* s = g_heap.arenas.SpanOfHeap(p);
+  if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return;
+  const std::size_t i = s->ObjIndex(p);
+  if (s->IsMarked(i) || !s->IsAllocated(i)) return;
+  if (exclusive_) {
+    s->SetMarkNonAtomic(i);
+  } else if (!s->TryMark(i)) {
+    return;
+  }
+  bytes_marked_ += s->elemsize;
+}
+
 void MarkWorker::ScanObjectContents(std::uintptr_t base) {
   const Span* s =
       hint_ != nullptr && hint_->Contains(base) ? hint_ : g_heap.arenas.SpanOfHeap(base);

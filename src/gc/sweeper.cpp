@@ -6,6 +6,7 @@
 #include <mutex>
 #include <thread>
 
+#include "gc/destructor_queue.hpp"
 #include "gc/generations.hpp"
 #include "heap/central.hpp"
 #include "heap/heap.hpp"
@@ -30,16 +31,6 @@ Background& Bg() {
   return *g_bg;
 }
 
-// Sweeper-run destructors are user code: while they run, an allocation must not start a
-// collection (it would wait for this very sweep).
-class InGcUserCode {
- public:
-  InGcUserCode() { ++t_local.in_gc_user_code; }
-  ~InGcUserCode() { --t_local.in_gc_user_code; }
-  InGcUserCode(const InGcUserCode&) = delete;
-  InGcUserCode& operator=(const InGcUserCode&) = delete;
-};
-
 // Counts set bits a word at a time (SWAR): x86-64's baseline has no popcnt instruction, and
 // std::popcount would call libgcc per byte. Bits past nelems are never set.
 std::size_t PopCount(const std::uint8_t* bits, std::size_t nbits) {
@@ -56,36 +47,24 @@ std::size_t PopCount(const std::uint8_t* bits, std::size_t nbits) {
   return n;
 }
 
-// Marks the span this thread sweeps while destructors (user code) run in it.
-class SweepingSpan {
- public:
-  explicit SweepingSpan(Span* s) : saved_(t_local.sweeping_span) { t_local.sweeping_span = s; }
-  ~SweepingSpan() { t_local.sweeping_span = saved_; }
-  SweepingSpan(const SweepingSpan&) = delete;
-  SweepingSpan& operator=(const SweepingSpan&) = delete;
-
- private:
-  void* saved_;
-};
-
-void RunDestructors(Span* s) {
-  const SweepingSpan sweeping(s);
-  if (s->large) {
-    if (s->large_dtor.fn != nullptr) {
-      InGcUserCode user;
-      s->large_dtor.fn(reinterpret_cast<void*>(s->start), s->large_dtor.count);
-      s->large_dtor = {};
-    }
-    return;
-  }
-  if (s->dtors == nullptr) return;
-  InGcUserCode user;
-  for (std::size_t i = 0; i < s->nelems; ++i) {
-    DtorSlot& d = s->dtors[i];
+// Queues the destructors of s's dead objects (gc/destructor_queue.hpp): each stays allocated,
+// marked, for one more cycle, its slot saying so (kDtorQueued). The first sweep that finds such
+// an object unmarked (the queue marks it until its destructor returned) clears the slot and
+// frees it.
+void QueueDestructors(Span* s, std::uint32_t sg) {
+  DestructorBatch batch(sg);
+  const std::size_t n = s->large ? 1 : s->nelems;
+  for (std::size_t i = 0; i < n; ++i) {
+    DtorSlot& d = *s->DtorFor(i);
     if (d.fn == nullptr || s->IsMarked(i) || !s->IsAllocated(i)) continue;
-    const DtorSlot run = d;
-    d = {};
-    run.fn(reinterpret_cast<void*>(s->ObjBase(i)), run.count);
+    if (d.fn == kDtorQueued) {
+      d = {};
+      continue;
+    }
+    s->SetMarkNonAtomic(i);  // kept: queued, or (no queue memory) tried again next cycle
+    if (batch.Add(reinterpret_cast<void*>(s->ObjBase(i)), s->elemsize, d)) {
+      d = DtorSlot{kDtorQueued, 0};
+    }
   }
 }
 
@@ -148,12 +127,15 @@ bool SweepSpan(Span* s, bool preserve) {
   // marks (resurrected to run its finalizer) is kept but must not become old. It is reachable
   // from the finalizer queue until its finalizer ran, and after that only a young object is
   // freed by the next cycle, minor or not, as Go frees it.
+  // Objects kept for their destructors are the same: marked here, and young.
   alignas(8) std::uint8_t marked_by_mark[kBitmapBytes + 8];
-  const bool resurrects = s->special_count != 0;
-  if (resurrects) {
-    if (keep_marks) std::memcpy(marked_by_mark, s->mark_bits, sizeof(marked_by_mark));
+  const bool has_dtors = s->large ? s->large_dtor.fn != nullptr : s->dtors != nullptr;
+  const bool resurrects = s->special_count != 0 || has_dtors;
+  if (resurrects && keep_marks) std::memcpy(marked_by_mark, s->mark_bits, sizeof(marked_by_mark));
+  if (s->special_count != 0) {
     if (SweepSpecialsFn fn = g_sweep_specials.load(std::memory_order_acquire)) fn(s);
   }
+  if (has_dtors) QueueDestructors(s, sg);
   const std::size_t sizeclass = s->spanclass.SizeClass();
   if (s->large) {
     if (s->IsMarked(0)) {
@@ -163,7 +145,6 @@ bool SweepSpan(Span* s, bool preserve) {
       if (!preserve) FileSweptSpan(s);
       return true;
     }
-    RunDestructors(s);
     g_heap.nfree_large.fetch_add(1, std::memory_order_relaxed);
     g_heap.bytes_free_large.fetch_add(s->elemsize, std::memory_order_relaxed);
     s->sweepgen.store(sg, std::memory_order_release);
@@ -172,7 +153,6 @@ bool SweepSpan(Span* s, bool preserve) {
     return false;
   }
 
-  RunDestructors(s);
   // Go: the bitmap swap at the end of mspan.sweep. The mark bits become the allocation bits;
   // the old allocation bits, cleared, become the next cycle's mark bits.
   const std::size_t nalloc = PopCount(s->mark_bits, s->nelems);
@@ -204,6 +184,75 @@ bool SweepSpan(Span* s, bool preserve) {
   }
   FileSweptSpan(s);
   return true;
+}
+
+bool DestroyedFreer::Free(void* obj, std::uint32_t sg) {
+  const auto p = reinterpret_cast<std::uintptr_t>(obj);
+  Span* s = cur_ != nullptr && cur_->Contains(p) ? cur_ : g_heap.arenas.SpanOfHeap(p);
+  if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return false;
+  if (g_heap.sweepgen.load(std::memory_order_relaxed) != sg ||
+      s->sweepgen.load(std::memory_order_relaxed) != sg) {
+    return false;  // a later cycle began: its sweep frees the object
+  }
+  const std::size_t i = s->ObjIndex(p);
+  DtorSlot* d = s->DtorFor(i);
+  // Within one cycle a slot is freed only by this call or a sweep, so the sentinel still names
+  // the object the destructor ran for; a kept object's mark bit is clear (it stays young).
+  if (s->ObjBase(i) != p || d == nullptr || d->fn != kDtorQueued || !s->IsAllocated(i) ||
+      s->IsMarked(i)) {
+    return false;
+  }
+  *d = {};
+  if (s->large) {
+    FinishSpan();
+    Central& c = g_heap.central[s->spanclass.value];
+    {
+      std::lock_guard lock(c.lock);
+      if (s->list != nullptr) static_cast<SpanList*>(s->list)->Remove(s);
+    }
+    g_heap.nfree_large.fetch_add(1, std::memory_order_relaxed);
+    g_heap.bytes_free_large.fetch_add(s->elemsize, std::memory_order_relaxed);
+    FreeSpanToHeap(s);
+    return true;
+  }
+  if (s != cur_) {
+    FinishSpan();
+    cur_ = s;
+    // Everything below freeindex is allocated, whatever its bit says (objects handed out
+    // since the sweep): write that into the bits, so that freeindex may go back to 0 and the
+    // freed slots be found by the next allocation from the span, as after a sweep.
+    if (const std::uint32_t fi = s->freeindex; fi != 0) {
+      std::memset(s->alloc_bits, 0xff, fi / 8);
+      if (fi % 8 != 0) s->alloc_bits[fi / 8] |= static_cast<std::uint8_t>((1U << (fi % 8)) - 1);
+      s->SetFreeIndex(0);
+    }
+  }
+  s->alloc_bits[i / 8] &= static_cast<std::uint8_t>(~(1U << (i % 8)));
+  --s->alloc_count;
+  ++freed_in_cur_;
+  return true;
+}
+
+// Counts the current span's freed objects and files it anew (full -> partial), or gives it
+// back to the page heap once empty: once per span, not per object.
+void DestroyedFreer::FinishSpan() {
+  Span* s = cur_;
+  if (s == nullptr) return;
+  cur_ = nullptr;
+  if (freed_in_cur_ == 0) return;
+  s->needzero = true;
+  g_heap.nfree_small[s->spanclass.SizeClass()].fetch_add(freed_in_cur_, std::memory_order_relaxed);
+  freed_in_cur_ = 0;
+  Central& c = g_heap.central[s->spanclass.value];
+  {
+    std::lock_guard lock(c.lock);
+    if (s->list != nullptr) static_cast<SpanList*>(s->list)->Remove(s);
+  }
+  if (s->alloc_count == 0) {
+    FreeSpanToHeap(s);
+  } else {
+    FileSweptSpan(s);
+  }
 }
 
 void FinishSweep() {

@@ -20,12 +20,11 @@ void SetDtor(Span* s, std::size_t idx, DtorFn dtor, std::size_t count) {
   if (dtor != nullptr) s->dtors[idx] = DtorSlot{dtor, count};
 }
 
-// The allocation slow paths end here: a collection may be due. Never from inside a guard or
-// from a destructor the sweeper runs (that collection would wait for this very sweep).
+// The allocation slow paths end here: a collection may be due. Never from inside a guard
+// (that collection would wait for the guard's own sweep).
 [[gnu::noinline]] void AfterSlowPath() {
-  if (t_local.guard_depth == 0 && t_local.in_gc_user_code == 0 &&
-      g_heap.heap_live.load(std::memory_order_relaxed) >=
-          g_heap.gc_trigger.load(std::memory_order_relaxed)) {
+  if (t_local.guard_depth == 0 && g_heap.heap_live.load(std::memory_order_relaxed) >=
+                                      g_heap.gc_trigger.load(std::memory_order_relaxed)) {
     MaybeStartGC();
   }
 }

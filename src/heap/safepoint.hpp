@@ -19,12 +19,10 @@ struct ThreadLocalState {
   ThreadCache* cache = nullptr;                    // Go: mcache; set once the thread is registered
   void* record = nullptr;                          // gc/thread_registry's record for this thread
   int guard_depth = 0;                             // nesting of StwGuard (heap.hpp)
-  int in_gc_user_code = 0;                         // running destructors for the sweeper
+  bool destructor_thread = false;                  // gc/destructor_queue's runner
   // A gofin thread that only touches the heap inside StwGuards (the background sweeper): it
   // gets a cache but is never registered, stopped or scanned.
   bool gc_internal = false;
-  // The span this thread is sweeping (its destructors may touch neighbours in it).
-  void* sweeping_span = nullptr;
   // The thread's exit hook (thread_registry's thread_local guard) has run: a later
   // registration (a thread_local or pthread_key destructor calling gofin) is undone by a
   // pthread_key destructor instead, which runs after every thread_local destructor.

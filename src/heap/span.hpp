@@ -28,6 +28,10 @@ struct DtorSlot {
   DtorFn fn = nullptr;
   std::size_t count = 0;
 };
+// The slot of a dead object whose destructor is queued or has run (gc/destructor_queue.hpp):
+// the object is kept one more cycle, and nothing may be attached to it meanwhile.
+void DestructorQueuedSentinel(void* obj, std::size_t count);
+inline constexpr DtorFn kDtorQueued = &DestructorQueuedSentinel;
 
 inline constexpr std::size_t kMaxObjectsPerSpan = kPageSize / 8;  // 1024 8-byte objects
 inline constexpr std::size_t kBitmapBytes = kMaxObjectsPerSpan / 8;

@@ -360,12 +360,6 @@ void SweepSpecials(Span* s) {
 Span* SweptSpanNoPreempt(std::uintptr_t addr) {
   Span* span = g_heap.arenas.SpanOfHeap(addr);
   if (span == nullptr) return nullptr;
-  if (span == t_local.sweeping_span) {
-    // A destructor run by this thread's sweep of this span: the specials pass is over, and
-    // waiting for the sweep would wait for ourselves.
-    EnterNoPreempt();
-    return span;
-  }
   for (;;) {
     EnterNoPreempt();
     if (span->sweepgen.load(std::memory_order_acquire) ==
@@ -381,8 +375,8 @@ Span* SweptSpanNoPreempt(std::uintptr_t addr) {
 
 // ObjectIsFree's test, for a span held swept by the caller.
 bool SlotIsFree(Span* span, std::size_t i) {
-  // A destructor run by this thread's sweep of the span, touching a dead neighbour.
-  if (span == t_local.sweeping_span) return !span->IsMarked(i);
+  // A destructor touching a dead neighbour: it is kept for its own destructor, queued or run.
+  if (const DtorSlot* d = span->DtorFor(i); d != nullptr && d->fn == kDtorQueued) return true;
   return !span->IsAllocatedFromAnyThread(i);
 }
 

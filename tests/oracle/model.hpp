@@ -308,8 +308,10 @@ inline void RegisterFinalizer(Node* x, std::uint64_t id, const Reg& r, Node* cap
   }
 }
 
+// Finalizers first: they may drop objects with destructors, never the other way round.
 inline bool Drain(std::chrono::seconds limit = std::chrono::seconds(120)) {
-  return gofin::testing::BlockUntilEmptyFinalizerQueue(limit);
+  return gofin::testing::BlockUntilEmptyFinalizerQueue(limit) &&
+         gofin::testing::BlockUntilEmptyDestructorQueue(limit);
 }
 
 // ---------------------------------------------------------------------------------------------
