@@ -1,5 +1,6 @@
 #pragma once
 // Collection (Go: runtime.GC, runtime.ReadMemStats, runtime/debug).
+#include <cstddef>
 #include <cstdint>
 
 namespace gofin {
@@ -37,5 +38,33 @@ bool SetGenerational(bool on);
 // Whether minor collections are in effect: the setting is on and the kernel tracks pages.
 bool GenerationalActive();
 }  // namespace debug
+
+// gofin's addition, for minor collections (debug::SetGenerational). Declares [p, p + n) as
+// memory that is written without the CPU's stores through the page tables, so that the
+// kernel's written-page tracking cannot see it: io_uring fixed buffers
+// (IORING_REGISTER_BUFFERS, then IORING_OP_READ_FIXED), RDMA memory regions, a device's DMA
+// into pinned pages. Every minor collection rescans the GC objects on the declared pages as
+// if they had been written. Plain stores, other threads, read(), process_vm_writev and
+// non-fixed io_uring reads are all tracked and need nothing. Declare before the first such
+// write can happen and remove after the last; declarations of the same range nest. Memory
+// outside the GC heap is never tracked nor needed here (it is scanned only as a root, and
+// whole). Errors: gofin::Error for a range that wraps, for more than 1024 distinct ranges,
+// and for removing a range that was not declared.
+void AddUntrackedWrites(const void* p, std::size_t n);
+void RemoveUntrackedWrites(const void* p, std::size_t n);
+
+// RAII for AddUntrackedWrites / RemoveUntrackedWrites, e.g. around the lifetime of an
+// io_uring buffer registration.
+class UntrackedWrites {
+ public:
+  UntrackedWrites(const void* p, std::size_t n) : p_(p), n_(n) { AddUntrackedWrites(p, n); }
+  ~UntrackedWrites() { RemoveUntrackedWrites(p_, n_); }
+  UntrackedWrites(const UntrackedWrites&) = delete;
+  UntrackedWrites& operator=(const UntrackedWrites&) = delete;
+
+ private:
+  const void* p_;
+  std::size_t n_;
+};
 
 }  // namespace gofin

@@ -9,6 +9,7 @@
 
 #include "gc/marker.hpp"
 #include "gc/pacer.hpp"
+#include "gc/untracked_writes.hpp"
 #include "heap/dirty_pages.hpp"
 #include "heap/heap.hpp"
 #include "heap/options.hpp"
@@ -55,6 +56,9 @@ struct State {
   std::uint64_t old_bytes = 0;  // the old objects' bytes as this cycle began
   dirty::Region* regions = nullptr;
   std::size_t nregions = 0;
+  // regions[0, nprotect) are the written ones, protected again at the cycle's end; the rest
+  // are declared untracked (gc/untracked_writes.hpp), rescanned whether written or not.
+  std::size_t nprotect = 0;
   Chunk* chunks = nullptr;
   std::size_t nchunks = 0;
 };
@@ -236,18 +240,25 @@ bool BeginCycle(CycleKind kind) {
   State& g = g_gen;
   g.minor = false;
   g.nregions = 0;
+  g.nprotect = 0;
   g.nchunks = 0;
   // The previous cycle's live heap: every object it found is old now (objects a sweep
   // resurrected for their finalizers are not counted; they are few and small).
   g.old_bytes = g_heap.heap_marked.load(std::memory_order_relaxed);
   const bool tracking = g.setting.load(std::memory_order_relaxed) && dirty::Enabled();
   if (tracking) {
-    const long n = dirty::ReadWritten(g.regions, kMaxRegions);
+    long n = dirty::ReadWritten(g.regions, kMaxRegions);
     if (n >= 0) {
       g.nregions = static_cast<std::size_t>(n);
     } else {
       // Every page counts as written: the end of the cycle protects all the old ones.
       g.nregions = dirty::HeapRanges(g.regions, kMaxRegions);
+    }
+    g.nprotect = g.nregions;
+    if (n >= 0) {
+      // Pages the tracking cannot see count as written, every cycle; too many: a full one.
+      n = AppendUntrackedRanges(g.regions, g.nregions, kMaxRegions);
+      if (n >= 0) g.nregions = static_cast<std::size_t>(n);
     }
     const std::uint64_t allowed =
         g.live_after_major + std::max(g.live_after_major / kOldGrowthDivisor, kMinOldGrowth);
@@ -266,7 +277,7 @@ CycleLive EndCycle(bool minor, std::uint64_t bytes_marked) {
   State& g = g_gen;
   const bool keep = g.setting.load(std::memory_order_relaxed) && dirty::Enabled();
   if (keep) {
-    for (std::size_t r = 0; r < g.nregions; ++r) {
+    for (std::size_t r = 0; r < g.nprotect; ++r) {
       ProtectOldPages(g.regions[r].start, g.regions[r].end);
     }
   }
