@@ -7,6 +7,9 @@ namespace gofin::testing {
 // True once the finalizer queue is empty and no finalizer is running; false on timeout.
 bool BlockUntilEmptyFinalizerQueue(std::chrono::nanoseconds timeout);
 
+// True once the cleanup queue is empty and no cleanup is running; false on timeout.
+bool BlockUntilEmptyCleanupQueue(std::chrono::nanoseconds timeout);
+
 // True once every C++ destructor queued by a sweep so far has run (they run on gofin's
 // destructor thread, after the cycle that found their objects dead); false on timeout.
 bool BlockUntilEmptyDestructorQueue(std::chrono::nanoseconds timeout);

@@ -1,6 +1,4 @@
 // Go: SetFinalizer's runtime half (mfinal.go: SetFinalizer, addfinalizer, removefinalizer).
-#include <link.h>
-
 #include <atomic>
 #include <cstdio>
 #include <exception>
@@ -10,6 +8,7 @@
 #include "finalizer/finalizer_queue.hpp"
 #include "gc/marker.hpp"
 #include "gc/preemptible_mutex.hpp"
+#include "gc/roots.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/finalizer.hpp"
 #include "gofin/testing.hpp"
@@ -34,30 +33,6 @@ void DefaultFinalizerErrorHandler(std::exception_ptr e) {
 }
 
 constinit std::atomic<FinalizerErrorHandler> g_error_handler{&DefaultFinalizerErrorHandler};
-
-// Go: isGoPointerWithoutSpan: the data and bss segments of every loaded module.
-bool InDataSegment(const void* p) {
-  struct Query {
-    std::uintptr_t addr;
-    bool found;
-  } q{reinterpret_cast<std::uintptr_t>(p), false};
-  dl_iterate_phdr(
-      [](dl_phdr_info* info, std::size_t /*size*/, void* data) -> int {
-        auto* q = static_cast<Query*>(data);
-        for (int i = 0; i < info->dlpi_phnum; ++i) {
-          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-          if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) == 0) continue;
-          const std::uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
-          if (q->addr >= lo && q->addr < lo + ph.p_memsz) {
-            q->found = true;
-            return 1;
-          }
-        }
-        return 0;
-      },
-      &q);
-  return q.found;
-}
 
 void MarkFinalizerSpecial(Special* s, std::uintptr_t object_base, MarkWorker& w) {
   // Go: markrootSpans. What the object references lives; the object itself may die, and its

@@ -177,6 +177,30 @@ void CollectUserRoots(RootRangeList& out) {
   for (std::size_t i = 0; i < r.nranges; ++i) out.Add(r.ranges[i].lo, r.ranges[i].hi);
 }
 
+// Go: isGoPointerWithoutSpan: the data and bss segments of every loaded module.
+bool InDataSegment(const void* p) {
+  struct Query {
+    std::uintptr_t addr;
+    bool found;
+  } q{reinterpret_cast<std::uintptr_t>(p), false};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t /*size*/, void* data) -> int {
+        auto* q = static_cast<Query*>(data);
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_LOAD || (ph.p_flags & PF_W) == 0) continue;
+          const std::uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+          if (q->addr >= lo && q->addr < lo + ph.p_memsz) {
+            q->found = true;
+            return 1;
+          }
+        }
+        return 0;
+      },
+      &q);
+  return q.found;
+}
+
 }  // namespace gofin::internal
 
 extern "C" int dlclose(void* handle) {

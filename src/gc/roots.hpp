@@ -64,4 +64,8 @@ void CollectUserRoots(RootRangeList& out);
 // After fork(), in the child: the lock may be held by a thread that no longer exists.
 void ResetUserRootsAfterFork();
 
+// Go: isGoPointerWithoutSpan: whether p is in the data or bss segment of a loaded module
+// (a global, which never becomes unreachable). Takes the loader's lock.
+bool InDataSegment(const void* p);
+
 }  // namespace gofin::internal

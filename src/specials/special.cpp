@@ -320,7 +320,7 @@ void SweepSpecials(Span* s) {
       while (*link != nullptr) {
         Special* sp = *link;
         const auto k = static_cast<std::size_t>(sp->kind);
-        if (resurrect && !g_ops[k].resurrects) {
+        if (resurrect && !g_ops[k].resurrects && !g_ops[k].dies_with_resurrection) {
           link = &sp->next;
           continue;
         }
@@ -443,13 +443,15 @@ AddResult AddSpecialChecked(const void* p, Special* s, InnerPointers inner) {
   bool added = false;
   {
     std::lock_guard lock(span->specials_lock);
+    // A kind with several records per offset goes after those already there.
+    const bool multiple = g_ops[static_cast<std::size_t>(s->kind)].multiple;
     Special** link = &HeadsFor(span)[span->ObjIndex(addr)];
     for (; *link != nullptr; link = &(*link)->next) {
       Special* x = *link;
-      if (x->offset == s->offset && x->kind == s->kind) break;
+      if (x->offset == s->offset && x->kind == s->kind && !multiple) break;
       if (s->offset < x->offset || (s->offset == x->offset && s->kind < x->kind)) break;
     }
-    if (*link == nullptr || (*link)->offset != s->offset || (*link)->kind != s->kind) {
+    if (multiple || *link == nullptr || (*link)->offset != s->offset || (*link)->kind != s->kind) {
       s->next = *link;
       *link = s;
       if (span->special_count++ == 0) SetSpanHasSpecials(span, true);
@@ -460,6 +462,12 @@ AddResult AddSpecialChecked(const void* p, Special* s, InnerPointers inner) {
 }
 
 Special* RemoveSpecial(const void* p, SpecialKind kind) {
+  return RemoveSpecialIf(
+      p, kind, [](const Special*, const void*) { return true; }, nullptr);
+}
+
+Special* RemoveSpecialIf(const void* p, SpecialKind kind,
+                         bool (*match)(const Special* s, const void* ctx), const void* ctx) {
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   const SweptSpanScope scope(addr);
   Span* span = scope.get();
@@ -472,7 +480,7 @@ Special* RemoveSpecial(const void* p, SpecialKind kind) {
       for (Special** link = &span->special_heads[span->ObjIndex(addr)]; *link != nullptr;
            link = &(*link)->next) {
         Special* x = *link;
-        if (x->offset == offset && x->kind == kind) {
+        if (x->offset == offset && x->kind == kind && match(x, ctx)) {
           *link = x->next;
           x->next = nullptr;
           if (--span->special_count == 0) SetSpanHasSpecials(span, false);
@@ -483,6 +491,23 @@ Special* RemoveSpecial(const void* p, SpecialKind kind) {
     }
   }
   return found;
+}
+
+bool VisitSpecial(const void* p, SpecialKind kind, void (*fn)(Special* s, void* ctx), void* ctx) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  const SweptSpanScope scope(addr);
+  Span* span = scope.get();
+  if (span == nullptr) return false;
+  const auto offset = static_cast<std::uint32_t>(addr - span->start);
+  std::lock_guard lock(span->specials_lock);
+  if (span->special_count == 0) return false;
+  for (Special* x = span->special_heads[span->ObjIndex(addr)]; x != nullptr; x = x->next) {
+    if (x->offset == offset && x->kind == kind) {
+      fn(x, ctx);
+      return true;
+    }
+  }
+  return false;
 }
 
 bool AddSpecial(const void* p, Special* s) {

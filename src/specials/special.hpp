@@ -36,13 +36,15 @@ struct SpecialFinalizer : Special {
   void* ctx = nullptr;
 };
 
-// Go: specialCleanup (1.24). Reserved for AddCleanup.
+// Go: specialCleanup (1.24). box is the scanned GC block holding the callable and its
+// argument (cleanup/add_cleanup.cpp), marked while the record exists.
 struct SpecialCleanup : Special {
   void* box = nullptr;
   std::uint64_t id = 0;
 };
 
-// Go: specialWeakHandle (1.24). Reserved for weak pointers.
+// Go: specialWeakHandle (1.24). handle is a pointer-free GC block holding the object's
+// address, zeroed by the sweep that finds the object dead (weak/weak_handle.cpp).
 struct SpecialWeakHandle : Special {
   void** handle = nullptr;
 };
@@ -65,6 +67,11 @@ struct SpecialKindOps {
   void (*objects_dead)(Special* list, std::uintptr_t span_start, std::size_t object_size) = nullptr;
   // True if a record of this kind keeps its object alive for one more cycle (finalizers).
   bool resurrects = false;
+  // True if a record of this kind is handed to object_dead also when another record
+  // resurrects the object (Go clears weak handles before the finalizer runs).
+  bool dies_with_resurrection = false;
+  // True if one object (offset) may carry several records of this kind (cleanups).
+  bool multiple = false;
 };
 void RegisterSpecialKind(SpecialKind kind, const SpecialKindOps& ops);
 
@@ -91,6 +98,12 @@ AddResult AddSpecialChecked(const void* p, Special* s, InnerPointers inner);
 bool AddSpecial(const void* p, Special* s);
 // Go: removespecial. Unlinks and returns the record of `kind` at exactly p, or nullptr.
 Special* RemoveSpecial(const void* p, SpecialKind kind);
+// The same for the first such record that `match` accepts (Go: Cleanup.Stop's search by id).
+Special* RemoveSpecialIf(const void* p, SpecialKind kind,
+                         bool (*match)(const Special* s, const void* ctx), const void* ctx);
+// Calls fn(record, ctx) under the span's specials lock for the first record of `kind` at
+// exactly p, with the span swept; false (fn not called) when there is none.
+bool VisitSpecial(const void* p, SpecialKind kind, void (*fn)(Special* s, void* ctx), void* ctx);
 // True if p's slot holds no object: freed by an earlier sweep (a dangling pointer), or being
 // freed by the sweep this thread runs (a destructor touching a dead neighbour). Nothing may
 // be attached to it: the record would pass to the slot's next object.

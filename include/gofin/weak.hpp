@@ -1,0 +1,52 @@
+#pragma once
+// Weak pointers (Go 1.24+: package weak).
+#include <cstddef>
+#include <type_traits>
+
+namespace gofin::weak {
+
+template <class T>
+class Pointer;
+template <class T>
+Pointer<T> Make(T* p);
+
+namespace detail {
+// The handle of (object, offset): one word in a pointer-free GC block of its own that holds
+// the address until a collection finds the object unreachable, then zero. Immortal (outside
+// the heap) for a pointer that is not into the heap (a global).
+void* MakeHandle(const void* p);
+// The address a handle holds, exact against the sweeper; nullptr once it was cleared.
+void* HandleValue(void* handle) noexcept;
+}  // namespace detail
+
+// Go: weak.Pointer[T]. One word (the handle); copyable; == compares identity (the same object
+// and offset). A default Pointer is nil. It never keeps its object alive.
+template <class T>
+class Pointer {
+ public:
+  Pointer() = default;
+  // The object, or nullptr once a collection found it unreachable (for an object with a
+  // finalizer: in the cycle that queues the finalizer, and from then on, even if the
+  // finalizer resurrects it).
+  [[nodiscard]] T* Value() const noexcept { return static_cast<T*>(detail::HandleValue(handle_)); }
+  friend bool operator==(const Pointer& a, const Pointer& b) noexcept {
+    return a.handle_ == b.handle_;
+  }
+
+ private:
+  friend Pointer<T> Make<T>(T* p);
+  explicit Pointer(void* handle) : handle_(handle) {}
+  void* handle_ = nullptr;
+};
+
+// Go: weak.Make. Make(nullptr) is nil; two Makes of the same live pointer compare equal.
+// gofin::Error (`weak.Make: pointer not in allocated block`) for a pointer to a freed object.
+template <class T>
+Pointer<T> Make(T* p) {
+  static_assert(!std::is_function_v<T>, "gofin::weak::Make: T must be an object type");
+  if (p == nullptr) return Pointer<T>();
+  return Pointer<T>(
+      detail::MakeHandle(const_cast<const void*>(static_cast<const volatile void*>(p))));
+}
+
+}  // namespace gofin::weak
