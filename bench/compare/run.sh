@@ -5,19 +5,24 @@
 #
 #   - builds the compare_gofin_* / compare_bdwgc_* CMake targets in build-dir when it is a
 #     configured CMake tree (skip with GOFIN_COMPARE_NOBUILD=1), and the Go programs
-#     (bench/compare/go/<workload>) with /usr/lib/go-1.19/bin/go (override: GO=...) into
-#     <build-dir>/bench/compare/go-bin, GOCACHE/GOPATH under <build-dir>/bench/compare;
+#     (bench/compare/go/<workload>) with the `go` on the PATH (the cleanups program needs Go
+#     1.24+: runtime.AddCleanup, package weak), or /usr/lib/go-1.19/bin/go when there is
+#     none (override: GO=...), into <build-dir>/bench/compare/go-bin, GOCACHE/GOPATH under
+#     <build-dir>/bench/compare, with GOTOOLCHAIN=local and GOPROXY=off (no downloads);
 #   - runs every workload once per implementation, each under `timeout 300`;
 #   - prints one table per workload: each implementation's numbers and the ratios
 #     gofin/bdwgc and gofin/go (for times: > 1 means gofin is slower).
 #
 # Environment:
 #   GOFIN_COMPARE_BIG=1     also run the pause workload with 1 GiB live (default 256 MiB only)
-#   GOFIN_COMPARE_ONLY="binary_trees gc_pause fin_set_remove fin_alloc_set fin_e2e fin_gc_heap"
+#   GOFIN_COMPARE_ONLY="binary_trees gc_pause fin_set_remove fin_alloc_set fin_e2e fin_gc_heap
+#                       cleanup_add_stop cleanup_e2e weak_make_value weak_gc"
 #                           run only these workloads
 #   GOFIN_COMPARE_DEPTH=18  binary-trees depth
 #   GOFIN_COMPARE_TIMEOUT=300  seconds per program run
 #   GOFIN_COMPARE_NOBUILD=1 do not build the C++ targets (use what is in build-dir)
+#   GOFIN_COMPARE_JOBS=2    parallel jobs of that build
+#   GO=/path/to/go          the Go toolchain (default: `command -v go`, else Go 1.19's)
 #
 # Raw program output: <build-dir>/bench/compare/logs/.
 set -u -o pipefail
@@ -43,8 +48,13 @@ STATUS=$LOGS/status.txt       # <workload> <config> <impl> <status> <log>
 
 TIMEOUT_S=${GOFIN_COMPARE_TIMEOUT:-300}
 DEPTH=${GOFIN_COMPARE_DEPTH:-18}
-GO=${GO:-/usr/lib/go-1.19/bin/go}
-WORKLOADS=(binary_trees gc_pause fin_set_remove fin_alloc_set fin_e2e fin_gc_heap)
+JOBS=${GOFIN_COMPARE_JOBS:-2}
+if [[ -z ${GO:-} ]]; then
+  GO=$(command -v go 2>/dev/null || true)
+  [[ -n $GO ]] || GO=/usr/lib/go-1.19/bin/go
+fi
+WORKLOADS=(binary_trees gc_pause fin_set_remove fin_alloc_set fin_e2e fin_gc_heap
+  cleanup_add_stop cleanup_e2e weak_make_value weak_gc)
 ONLY=${GOFIN_COMPARE_ONLY:-}
 
 want() {  # want <workload>
@@ -63,7 +73,7 @@ fi
 
 # ------------------------------------------------------------------ build C++ targets
 CXX_TARGETS=()
-for w in binary_trees gc_pause finalizers; do
+for w in binary_trees gc_pause finalizers cleanups; do
   CXX_TARGETS+=("compare_bdwgc_$w" "compare_gofin_$w")
 done
 if [[ -f $BUILD/CMakeCache.txt && ${GOFIN_COMPARE_NOBUILD:-0} != 1 ]]; then
@@ -83,7 +93,7 @@ if [[ -f $BUILD/CMakeCache.txt && ${GOFIN_COMPARE_NOBUILD:-0} != 1 ]]; then
     echo "note: no compare_* targets in $BUILD (was bench/compare added to the CMake project?)"
   else
     echo "building ${present[*]} ..."
-    if ! cmake --build "$BUILD" --target "${present[@]}" -j 2 "${keep_going[@]}" \
+    if ! cmake --build "$BUILD" --target "${present[@]}" -j "$JOBS" "${keep_going[@]}" \
       >"$LOGS/cmake-build.log" 2>&1; then
       echo "note: some C++ targets failed to build; see $LOGS/cmake-build.log (tail below)"
       tail -n 15 "$LOGS/cmake-build.log" | sed 's/^/    /'
@@ -107,7 +117,7 @@ GO_NOTE=""
 if [[ -x $GO ]]; then
   mkdir -p "$OUT/go-bin" "$OUT/go-cache" "$OUT/go-path"
   GO_OK=1
-  for w in binary_trees gc_pause finalizers; do
+  for w in binary_trees gc_pause finalizers cleanups; do
     if ! (cd "$HERE/go" && env GOCACHE="$OUT/go-cache" GOPATH="$OUT/go-path" GOPROXY=off \
       GOFLAGS= GO111MODULE=on GOTOOLCHAIN=local "$GO" build -o "$OUT/go-bin/$w" "./$w") \
       >"$LOGS/go-build-$w.log" 2>&1; then
@@ -115,7 +125,7 @@ if [[ -x $GO ]]; then
       rm -f "$OUT/go-bin/$w"
     fi
   done
-  echo "go: $("$GO" version 2>/dev/null)"
+  echo "go: $("$GO" version 2>/dev/null) ($GO)"
 else
   GO_NOTE="Go not found at $GO: Go column skipped"
   echo "note: $GO_NOTE"
@@ -138,7 +148,7 @@ run_one() {
     echo "$wl $cfg $impl MISSING -" >>"$STATUS"
     return
   fi
-  printf '  %-15s %-9s %-6s ' "$wl" "$cfg" "$impl"
+  printf '  %-16s %-9s %-6s ' "$wl" "$cfg" "$impl"
   local t0 t1 rc
   t0=$(date +%s.%N)
   # In a subshell (not exec'd) so that bash's "Segmentation fault" notice lands in the log.
@@ -196,6 +206,33 @@ for sub in set_remove alloc_set e2e gc_heap; do
   run_one "fin_$sub" default go "$(GO_BIN finalizers)" GOMAXPROCS=2 -- "$sub"
 done
 
+# Cleanups and weak pointers (Go 1.24+). add_stop and weak_make_value are single-threaded.
+if want cleanup_add_stop; then
+  run_one cleanup_add_stop default gofin "$(GOFIN_BIN cleanups)" -- add_stop
+  run_one cleanup_add_stop default bdwgc "$(BDWGC_BIN cleanups)" -- add_stop
+  run_one cleanup_add_stop default go "$(GO_BIN cleanups)" GOMAXPROCS=2 -- add_stop
+fi
+# e2e: gofin starts at most max(GOFIN_GCWORKERS/4, 1) cleanup threads, Go max(GOMAXPROCS/4, 1)
+# cleanup goroutines: config ct<n> allows n. bdwgc runs its finalizers on the main thread
+# (GC_invoke_finalizers) in its defaults, the same in both configs.
+if want cleanup_e2e; then
+  for ct in 1 2; do
+    run_one cleanup_e2e "ct$ct" gofin "$(GOFIN_BIN cleanups)" GOFIN_GCWORKERS=$((4 * ct)) -- e2e
+    run_one cleanup_e2e "ct$ct" bdwgc "$(BDWGC_BIN cleanups)" -- e2e
+    run_one cleanup_e2e "ct$ct" go "$(GO_BIN cleanups)" GOMAXPROCS=$((4 * ct)) -- e2e
+  done
+fi
+if want weak_make_value; then
+  run_one weak_make_value default gofin "$(GOFIN_BIN cleanups)" -- weak_make_value
+  run_one weak_make_value default bdwgc "$(BDWGC_BIN cleanups)" -- weak_make_value
+  run_one weak_make_value default go "$(GO_BIN cleanups)" GOMAXPROCS=2 -- weak_make_value
+fi
+if want weak_gc; then
+  run_one weak_gc default gofin "$(GOFIN_BIN cleanups)" -- weak_gc
+  run_one weak_gc default bdwgc "$(BDWGC_BIN cleanups)" -- weak_gc
+  run_one weak_gc default go "$(GO_BIN cleanups)" GOMAXPROCS=2 -- weak_gc
+fi
+
 # ------------------------------------------------------------------ tables
 describe() {
   case $1 in
@@ -205,6 +242,10 @@ describe() {
     fin_alloc_set) echo "2 threads: allocate 8-byte object + set finalizer (Go BenchmarkFinalizerRun); bdwgc runs finalizers inside allocation, gofin/Go on a finalizer thread" ;;
     fin_e2e) echo "2^20 16-byte objects with finalizers dropped: time until the last finalizer ran (gc_ms: the collection call alone)" ;;
     fin_gc_heap) echo "one full collection (median of 3) of a heap of 1M live 16-byte objects, without and then with a finalizer on each" ;;
+    cleanup_add_stop) echo "AddCleanup + Stop on one live 16-byte object (Go BenchmarkAddCleanupAndStop), ns per pair; set_remove_ns: SetFinalizer set + remove on it; bdwgc: GC_register_finalizer + unregister for both" ;;
+    cleanup_e2e) echo "2^20 16-byte objects with a cleanup each dropped: time until the last cleanup ran (bdwgc: GC_register_finalizer_ignore_self, GC_invoke_finalizers); config ct<n>: at most n cleanup threads/goroutines (GOFIN_GCWORKERS=4n, GOMAXPROCS=4n; bdwgc defaults); gofin fin_*: the same with SetFinalizer; threads_started: threads gofin started from the drop to the last cleanup (a 2nd cleanup thread would count)" ;;
+    weak_make_value) echo "weak Make + Value on one live 16-byte object, ns per pair (bdwgc: register + unregister a disappearing link); value_ns: Value alone (bdwgc: GC_REVEAL_POINTER under the allocation lock)" ;;
+    weak_gc) echo "one full collection (median of 3) of 1M live 16-byte objects, without and then with a weak pointer to each (Go issue 71779; bdwgc: disappearing links); weak_extra_ms: the weak pointers' cost; not_cleared: weak pointers still set 5 GCs after the objects were dropped (bdwgc may keep a few, <= 64, by conservative roots)" ;;
   esac
 }
 
@@ -261,7 +302,9 @@ for wl in "${WORKLOADS[@]}"; do
           }
           rb = ratio(cell["gofin"], cell["bdwgc"])
           rg = ratio(cell["gofin"], cell["go"])
-          if (met == "objects" || met == "live") { rb = "-"; rg = "-" }
+          if (met == "objects" || met == "live" || met == "not_cleared" ||
+              unit[met] == "threads" ||
+              unit[met] == "rounds") { rb = "-"; rg = "-" }
           printf "   %-10s %-18s %-7s %14s %14s %14s %12s %10s\n", cfg, met,
                  (met in unit ? unit[met] : ""), fmt(cell["gofin"]), fmt(cell["bdwgc"]),
                  fmt(cell["go"]), rb, rg

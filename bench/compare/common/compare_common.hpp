@@ -7,6 +7,7 @@
 // (INFO lines, the binary-trees check lines) is for humans or for output comparison.
 #pragma once
 
+#include <dirent.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -31,6 +32,18 @@ inline long peak_rss_kib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   return ru.ru_maxrss;
+}
+
+// Threads of this process (entries of /proc/self/task), -1 if unavailable.
+inline long os_threads() {
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return -1;
+  long n = 0;
+  while (const dirent* e = readdir(d)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  closedir(d);
+  return n;
 }
 
 inline void result(const char* workload, const char* impl, const char* metric, double value,

@@ -1,3 +1,3 @@
 module gofincompare
 
-go 1.19
+go 1.24
