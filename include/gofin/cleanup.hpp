@@ -4,7 +4,9 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <source_location>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 
 #include "gofin/alloc.hpp"
@@ -14,7 +16,8 @@ namespace gofin {
 
 class Cleanup;
 template <class T, class F, class S>
-Cleanup AddCleanup(T* ptr, F&& cleanup, S arg);
+Cleanup AddCleanup(T* ptr, F&& cleanup, S arg,
+                   const std::source_location& where = std::source_location::current());
 
 // Go: runtime.Cleanup. A handle to one cleanup; copyable, and it keeps nothing alive (the
 // object's address is held in a form no scan takes for a pointer, as Go holds it in a
@@ -28,7 +31,7 @@ class Cleanup {
 
  private:
   template <class T, class F, class S>
-  friend Cleanup AddCleanup(T* ptr, F&& cleanup, S arg);
+  friend Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const std::source_location& where);
   Cleanup(std::uint64_t id, std::uintptr_t hidden) : id_(id), hidden_(hidden) {}
 
   std::uint64_t id_ = 0;
@@ -71,7 +74,7 @@ std::uintptr_t HideAddress(const void* p) noexcept;
 // runs first, the cleanup after the later cycle that frees the object. If ptr is reachable
 // from cleanup or arg, it is never freed and the cleanup never runs.
 template <class T, class F, class S>
-Cleanup AddCleanup(T* ptr, F&& cleanup, S arg) {
+Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const std::source_location& where) {
   using Fn = std::decay_t<F>;
   static_assert(std::is_invocable_v<Fn&, S&>,
                 "gofin::AddCleanup: the cleanup must be callable with the argument's type S");
@@ -107,6 +110,8 @@ Cleanup AddCleanup(T* ptr, F&& cleanup, S arg) {
   }
   const std::uint64_t id = detail::AttachCleanup(ptr, box);
   asm volatile("" : : "r"(box) : "memory");  // the box stays reachable until attached
+  if (detail::CheckFinalizersOn()) [[unlikely]]
+    detail::NoteRegistration(ptr, id, where, typeid(T));
   return Cleanup(id, detail::HideAddress(ptr));
 }
 

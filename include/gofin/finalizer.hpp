@@ -4,7 +4,9 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <source_location>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 
 #include "gofin/alloc.hpp"
@@ -91,7 +93,8 @@ void KeepAlive(const T& x) noexcept {
 // a collection finds the object unreachable (it stays alive until then, and may be
 // resurrected by the finalizer).
 template <class T, class F>
-void SetFinalizer(T* obj, F&& finalizer) {
+void SetFinalizer(T* obj, F&& finalizer,
+                  const std::source_location& where = std::source_location::current()) {
   using Fn = std::decay_t<F>;
   static_assert(!std::is_same_v<Fn, std::nullptr_t>, "use SetFinalizer(obj, nullptr) to remove");
   static_assert(std::is_invocable_v<Fn&, T*>,
@@ -116,12 +119,20 @@ void SetFinalizer(T* obj, F&& finalizer) {
         return;
       }
     }
-    (void)detail::AddFinalizerChecked(obj, detail::InnerPointerOk<T>(),
-                                      &detail::InvokeFunction<T, Fn>,
-                                      reinterpret_cast<void*>(finalizer));  // NOLINT
+    if (detail::AddFinalizerChecked(obj, detail::InnerPointerOk<T>(),
+                                    &detail::InvokeFunction<T, Fn>,
+                                    reinterpret_cast<void*>(finalizer)) ==  // NOLINT
+            detail::FinalizerTarget::kHeap &&
+        detail::CheckFinalizersOn()) [[unlikely]] {
+      detail::NoteRegistration(obj, 0, where, typeid(T));
+    }
   } else if constexpr (std::is_empty_v<Fn> && std::is_trivially_default_constructible_v<Fn>) {
-    (void)detail::AddFinalizerChecked(obj, detail::InnerPointerOk<T>(),
-                                      &detail::InvokeStateless<T, Fn>, nullptr);
+    if (detail::AddFinalizerChecked(obj, detail::InnerPointerOk<T>(),
+                                    &detail::InvokeStateless<T, Fn>,
+                                    nullptr) == detail::FinalizerTarget::kHeap &&
+        detail::CheckFinalizersOn()) [[unlikely]] {
+      detail::NoteRegistration(obj, 0, where, typeid(T));
+    }
   } else {
     if (detail::CheckFinalizerTarget(obj, detail::InnerPointerOk<T>()) ==
         detail::FinalizerTarget::kGlobal) {
@@ -130,6 +141,8 @@ void SetFinalizer(T* obj, F&& finalizer) {
     auto* box = New<detail::FinalizerBox<T, Fn>>(std::forward<F>(finalizer));
     detail::AddFinalizer(obj, &detail::FinalizerBox<T, Fn>::Invoke, box);
     KeepAlive(box);
+    if (detail::CheckFinalizersOn()) [[unlikely]]
+      detail::NoteRegistration(obj, 0, where, typeid(T));
   }
 }
 

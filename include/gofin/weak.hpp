@@ -13,7 +13,7 @@ Pointer<T> Make(T* p);
 namespace detail {
 // The handle of (object, offset): one word in a pointer-free GC block of its own that holds
 // the address until a collection finds the object unreachable, then zero. Immortal (outside
-// the heap) for a pointer that is not into the heap (a global).
+// the heap) for a pointer outside the heap's arenas (a global, malloc'd memory).
 void* MakeHandle(const void* p);
 // The address a handle holds, exact against the sweeper; nullptr once it was cleared.
 void* HandleValue(void* handle) noexcept;

@@ -23,12 +23,16 @@ namespace gofin::internal {
 namespace {
 
 // Go: cleanupBlock. A box is the GC block of cleanup/add_cleanup.cpp; its first word is the
-// function that runs it.
+// function that runs it. Entries [0, cnt) are queued. Once a thread took the block, entries
+// are claimed from the end by a compare-and-swap on cnt, so that any cleanup thread may help
+// run one block: two cleanups that wait for each other both finish when two threads exist
+// (Go runs one block per goroutine; API.md asks for cleanups that run concurrently).
 struct CleanupBlock {
-  static constexpr std::size_t kEntries = (4096 - 24) / sizeof(void*);
-  CleanupBlock* next = nullptr;
-  CleanupBlock* alllink = nullptr;
+  static constexpr std::size_t kEntries = (4096 - 32) / sizeof(void*);
+  CleanupBlock* next = nullptr;     // in full, running or free
+  CleanupBlock* alllink = nullptr;  // every block, for the marker
   std::atomic<std::uint32_t> cnt{0};
+  std::uint32_t users = 0;  // under lock: threads running this block
   void* box[kEntries];
 };
 
@@ -38,22 +42,19 @@ struct CleanupQueue {
   std::mutex lock;
   std::condition_variable wake;
   std::condition_variable idle;
-  CleanupBlock* full = nullptr;     // blocks waiting for a thread
-  CleanupBlock* filling = nullptr;  // the block batches add to
+  CleanupBlock* full = nullptr;     // blocks no thread took yet
+  CleanupBlock* filling = nullptr;  // the block batches add to (no thread has it)
+  CleanupBlock* running = nullptr;  // taken blocks, until their last user leaves
   CleanupBlock* free = nullptr;
   std::atomic<CleanupBlock*> all{nullptr};
   FixAlloc<CleanupBlock> blocks;
-  std::uint64_t queued = 0;    // under lock
-  std::uint64_t executed = 0;  // under lock
-  int threads = 0;             // under lock
-  int sleeping = 0;            // under lock
-  int running_blocks = 0;      // under lock: blocks taken by a thread and not finished
+  std::uint64_t queued = 0;  // under lock
+  std::atomic<std::uint64_t> executed{0};
+  int threads = 0;               // under lock
+  std::atomic<int> sleeping{0};  // written under lock, read by running threads
 };
 
 constinit std::atomic<CleanupQueue*> g_queue{nullptr};
-// Another cleanup thread would help (none yet, or blocks wait and none sleeps): read without
-// the lock by every AddCleanup (Go: gcCleanups.needG). Relaxed: a late thread is harmless.
-constinit std::atomic<bool> g_want_thread{true};
 
 CleanupQueue& Queue() {
   if (CleanupQueue* q = g_queue.load(std::memory_order_acquire)) [[likely]]
@@ -72,40 +73,96 @@ CleanupQueue& Queue() {
 // GOMAXPROCS.
 int MaxThreads() { return std::max(Config().workers / 4, 1); }
 
-// Runs box i-1 of b. Its frame holds the box while the cleanup runs and is dead once it
-// returns (cleared before the thread sleeps).
-[[gnu::noinline]] void RunOne(CleanupBlock* b, std::uint32_t i) {
-  void* const box = b->box[i - 1];
-  // The entry roots the box until cnt drops; from then on this frame does. The stop signal
-  // runs on this thread: the fence keeps the load before the store.
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-  b->cnt.store(i - 1, std::memory_order_relaxed);
+void CleanupThread();
+
+// Starts another cleanup thread if the limit allows (Go: needG, createGs). Lock not held.
+void MaybeAddThread(CleanupQueue& q) {
+  {
+    std::lock_guard lock(q.lock);
+    if (q.threads >= MaxThreads()) return;
+    ++q.threads;
+  }
+  std::thread(CleanupThread).detach();
+}
+
+// Claims and runs one entry of b; false when none is left. Its frame holds the box while the
+// cleanup runs and is dead once it returns (cleared before the thread sleeps).
+[[gnu::noinline]] bool RunOne(CleanupQueue& q, CleanupBlock* b) {
+  std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
+  void* box = nullptr;
+  for (;;) {
+    if (n == 0) return false;
+    // The entry is read before cnt drops past it: from the compare-and-swap on, this frame
+    // roots the box, and until then the queue does. Entries of a taken block never change.
+    box = b->box[n - 1];
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // the stop runs on this thread
+    // relaxed: entries were published under the queue's lock, which this thread took.
+    if (b->cnt.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) break;
+  }
+  // More of this block waits while this cleanup runs: a sleeping thread may help, or a new
+  // one (a cleanup may block, even on another cleanup of the block).
+  if (n > 1) {
+    if (q.sleeping.load(std::memory_order_relaxed) > 0) {
+      q.wake.notify_one();
+    } else {
+      MaybeAddThread(q);
+    }
+  }
   try {
     (*static_cast<BoxInvoke*>(box))(box);
   } catch (...) {
     detail::ReportFinalizerException(std::current_exception());
   }
+  q.executed.fetch_add(1, std::memory_order_relaxed);
   asm volatile("" : : "r"(box) : "memory");
+  return true;
 }
 
-[[gnu::noinline]] std::uint32_t RunBlock(CleanupBlock* b) {
-  const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
-  for (std::uint32_t i = n; i > 0; --i) RunOne(b, i);
-  return n;
+[[gnu::noinline]] void RunBlock(CleanupQueue& q, CleanupBlock* b) {
+  while (RunOne(q, b)) {
+  }
 }
 
-// Takes a block to run: a full one, else the one batches fill (the queue is then empty).
+// A block to run, taken or joined (lock held): one no thread has, else one being run that
+// still has entries, else nullptr.
 CleanupBlock* TakeBlock(CleanupQueue& q) {
-  if (CleanupBlock* b = q.full) {
+  CleanupBlock* b = q.full;
+  if (b != nullptr) {
     q.full = b->next;
-    return b;
-  }
-  CleanupBlock* b = q.filling;
-  if (b != nullptr && b->cnt.load(std::memory_order_relaxed) != 0) {
+  } else if (q.filling != nullptr && q.filling->cnt.load(std::memory_order_relaxed) != 0) {
+    b = q.filling;
     q.filling = nullptr;
-    return b;
   }
-  return nullptr;
+  if (b != nullptr) {
+    b->next = q.running;
+    q.running = b;
+  } else {
+    for (CleanupBlock* r = q.running; r != nullptr; r = r->next) {
+      if (r->cnt.load(std::memory_order_relaxed) != 0) {
+        b = r;
+        break;
+      }
+    }
+  }
+  if (b != nullptr) ++b->users;
+  return b;
+}
+
+// The last user of a drained block gives it back (lock held).
+void LeaveBlock(CleanupQueue& q, CleanupBlock* b) {
+  if (--b->users != 0 || b->cnt.load(std::memory_order_relaxed) != 0) return;
+  for (CleanupBlock** link = &q.running; *link != nullptr; link = &(*link)->next) {
+    if (*link == b) {
+      *link = b->next;
+      break;
+    }
+  }
+  b->next = q.free;
+  q.free = b;
+}
+
+bool Drained(const CleanupQueue& q) {
+  return q.executed.load(std::memory_order_relaxed) == q.queued;
 }
 
 void CleanupThread() {
@@ -116,26 +173,19 @@ void CleanupThread() {
     {
       std::unique_lock lock(q.lock);
       while ((b = TakeBlock(q)) == nullptr) {
-        if (q.running_blocks == 0) q.idle.notify_all();
-        ++q.sleeping;
+        if (Drained(q)) q.idle.notify_all();
+        q.sleeping.fetch_add(1, std::memory_order_relaxed);
         q.wake.wait(lock);
-        --q.sleeping;
+        q.sleeping.fetch_sub(1, std::memory_order_relaxed);
       }
-      ++q.running_blocks;
     }
-    const std::uint32_t n = RunBlock(b);
+    RunBlock(q, b);
     // What the cleanups left below this frame and in scratch registers would keep their
     // boxes' referents alive (bdwgc: GC_clear_stack).
     gofin_clear_stack(std::size_t{16} * 1024);
     std::lock_guard lock(q.lock);
-    b->next = q.free;
-    q.free = b;
-    q.executed += n;
-    --q.running_blocks;
-    if (q.running_blocks == 0 && q.full == nullptr &&
-        (q.filling == nullptr || q.filling->cnt.load(std::memory_order_relaxed) == 0)) {
-      q.idle.notify_all();
-    }
+    LeaveBlock(q, b);
+    if (Drained(q)) q.idle.notify_all();
   }
 }
 
@@ -150,6 +200,11 @@ class NoCancellation {
  private:
   int old_ = 0;
 };
+
+constinit std::atomic<bool> g_have_thread{false};
+// Work was queued while every thread was busy (Go: needg): the next AddCleanup starts one.
+// Relaxed: a thread started late is harmless.
+constinit std::atomic<bool> g_want_thread{false};
 
 }  // namespace
 
@@ -190,18 +245,14 @@ CleanupBatch::~CleanupBatch() {
   if (!locked_) return;
   CleanupQueue& q = Queue();
   q.queued += added_;
-  const bool more = q.full != nullptr;
-  if (more && q.sleeping == 0 && q.threads < MaxThreads()) {
+  if (added_ != 0 && q.sleeping.load(std::memory_order_relaxed) == 0 && q.threads > 0 &&
+      q.threads < MaxThreads()) {
     g_want_thread.store(true, std::memory_order_relaxed);
   }
   q.lock.unlock();
-  if (added_ == 0) return;
-  // Go: wake a sleeping cleanup goroutine per block of work.
-  if (more) {
-    q.wake.notify_all();
-  } else {
-    q.wake.notify_one();
-  }
+  // Go: wake one sleeping cleanup goroutine per block of work; a thread that starts running a
+  // block wakes (or starts) another while entries remain.
+  if (added_ != 0) q.wake.notify_one();
 }
 
 void MarkCleanupQueueRoots(MarkWorker& w) {
@@ -209,22 +260,28 @@ void MarkCleanupQueueRoots(MarkWorker& w) {
   if (q == nullptr) return;
   for (CleanupBlock* b = q->all.load(std::memory_order_acquire); b != nullptr; b = b->alllink) {
     const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
-    for (std::uint32_t i = 0; i < n; ++i)
+    for (std::uint32_t i = 0; i < n; ++i) {
       w.MarkPointer(reinterpret_cast<std::uintptr_t>(b->box[i]));
+    }
   }
 }
 
 void StartCleanupThreads() {
-  if (!g_want_thread.load(std::memory_order_relaxed)) [[likely]]
+  // acquire/release: whoever sees true sees the first thread counted.
+  if (g_have_thread.load(std::memory_order_acquire)) [[likely]] {
+    if (g_want_thread.load(std::memory_order_relaxed) &&
+        g_want_thread.exchange(false, std::memory_order_relaxed)) [[unlikely]] {
+      MaybeAddThread(Queue());
+    }
     return;
+  }
   CleanupQueue& q = Queue();
-  std::unique_lock lock(q.lock);
-  g_want_thread.store(false, std::memory_order_relaxed);
-  // Go: needG/createGs. One thread at first; another while blocks wait and none sleeps.
-  const bool want = q.threads == 0 || (q.full != nullptr && q.sleeping == 0);
-  if (!want || q.threads >= MaxThreads()) return;
-  ++q.threads;
-  lock.unlock();
+  {
+    std::lock_guard lock(q.lock);
+    if (q.threads != 0) return;
+    ++q.threads;
+    g_have_thread.store(true, std::memory_order_release);
+  }
   std::thread(CleanupThread).detach();
 }
 
@@ -235,13 +292,15 @@ void ResetCleanupQueueAfterFork() {
   std::construct_at(&q->wake);
   std::construct_at(&q->idle);
   // Every block with entries left goes back on the queue (a box being run at the fork is
-  // lost); the child's next cycle starts new threads.
+  // lost); the next AddCleanup starts a thread again.
   q->full = nullptr;
   q->filling = nullptr;
+  q->running = nullptr;
   q->free = nullptr;
   std::uint64_t pending = 0;
   for (CleanupBlock* b = q->all.load(std::memory_order_relaxed); b != nullptr; b = b->alllink) {
     const std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
+    b->users = 0;
     pending += n;
     if (n != 0) {
       b->next = q->full;
@@ -251,11 +310,11 @@ void ResetCleanupQueueAfterFork() {
       q->free = b;
     }
   }
-  q->executed = q->queued - pending;
+  q->executed.store(q->queued - pending, std::memory_order_relaxed);
   q->threads = 0;
-  q->sleeping = 0;
-  q->running_blocks = 0;
-  g_want_thread.store(true, std::memory_order_relaxed);
+  q->sleeping.store(0, std::memory_order_relaxed);
+  g_have_thread.store(false, std::memory_order_relaxed);
+  g_want_thread.store(false, std::memory_order_relaxed);
 }
 
 bool WaitForCleanupsFor(std::chrono::nanoseconds timeout) {
@@ -263,7 +322,7 @@ bool WaitForCleanupsFor(std::chrono::nanoseconds timeout) {
   if (q == nullptr) return true;
   const NoCancellation no_cancel;
   std::unique_lock lock(q->lock);
-  return q->idle.wait_for(lock, timeout, [&] { return q->executed == q->queued; });
+  return q->idle.wait_for(lock, timeout, [&] { return Drained(*q); });
 }
 
 std::uint64_t CleanupsQueued() {
@@ -272,16 +331,12 @@ std::uint64_t CleanupsQueued() {
   return q.queued;
 }
 
-std::uint64_t CleanupsExecuted() {
-  CleanupQueue& q = Queue();
-  std::lock_guard lock(q.lock);
-  return q.executed;
-}
+std::uint64_t CleanupsExecuted() { return Queue().executed.load(std::memory_order_relaxed); }
 
 std::uint64_t CleanupsPending() {
   CleanupQueue& q = Queue();
   std::lock_guard lock(q.lock);
-  return q.queued - q.executed;
+  return q.queued - q.executed.load(std::memory_order_relaxed);
 }
 
 }  // namespace gofin::internal

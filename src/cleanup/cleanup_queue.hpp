@@ -7,7 +7,11 @@
 //
 //   sweep:   dead object's cleanup records -> their boxes, one batch per span (one lock)
 //   mark:    every queued box is marked and scanned (what fn and arg reference lives)
-//   threads: each takes one block, runs its boxes from the end, no gofin lock held
+//   threads: each takes a block and claims its boxes from the end, no gofin lock held; while
+//            entries remain, a sleeping thread is woken (or, up to the limit, a thread
+//            started) to claim from the same block, so that a cleanup that blocks, even on
+//            another cleanup of its block, holds up no other (gofin's departure: Go runs a
+//            block on one goroutine)
 //
 // The blocks live off the GC heap (fixalloc); the marker walks every block ever made and reads
 // [0, cnt), so moving blocks between lists needs no care about where a stop lands.
@@ -37,9 +41,9 @@ class CleanupBatch {
 
 // Marks (and so scans) every queued box, with the world stopped.
 void MarkCleanupQueueRoots(MarkWorker& w);
-// Starts the first cleanup thread, or another when blocks wait and no thread sleeps, up to
-// max(workers/4, 1) (Go: needG, createGs). Called by AddCleanup; one relaxed load when no
-// thread is wanted. Never from inside a guard.
+// Starts the first cleanup thread, or another when work was queued while every thread was
+// busy (Go: needG, createGs; a running thread also starts one when its block holds more).
+// Called by AddCleanup; two relaxed loads when nothing is wanted. Never from inside a guard.
 void StartCleanupThreads();
 // After fork(), in the child: the threads are gone; queued cleanups wait for the next
 // AddCleanup to start one.

@@ -26,6 +26,7 @@
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
 #include "heap/options.hpp"
+#include "specials/check_finalizers.hpp"
 
 // The stack walks below read other threads' frames, which the sanitizers would flag.
 #define GOFIN_COLLECTOR_NO_SANITIZE __attribute__((no_sanitize("address", "thread")))
@@ -226,6 +227,8 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   CollectUserRoots(roots);
   const MarkResult mark = Mark(roots, minor ? 1 : 256);
   const CycleLive cycle_live = EndCycle(minor, mark.bytes_marked);
+  if (CheckFinalizersEnabled()) [[unlikely]]
+    CheckFinalizersStopped();
   const std::uint64_t live = cycle_live.live;
   const std::uint64_t t2 = NowNs();
   std::uint64_t non_heap = 0;
@@ -241,6 +244,8 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   StartTheWorld();
   UnlockUserRoots();
   const std::uint64_t t3 = NowNs();
+  if (CheckFinalizersEnabled()) [[unlikely]]
+    ReportCheckFinalizers();
   const std::uint64_t pause = t3 - t1;
   g_pause_total.fetch_add(pause, std::memory_order_relaxed);
   g_last_gc.store(
@@ -319,6 +324,7 @@ void EnsureCollectorInitialized() {
     g_config.workers = workers;
     g_config.gctrace = EnvDebugKey("GOFIN_DEBUG", "gctrace", 0, 2).value_or(0) != 0;
     ThePacer().InitFromEnv();
+    InitCheckFinalizers();
     InitStopTheWorld();
     InitMarkWorkers(workers);
     InitGenerations();

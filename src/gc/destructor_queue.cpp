@@ -135,6 +135,9 @@ void FreeListWithWorldStopped(void* arg) {
   }
 }
 
+// Destroyed objects after which the destructor thread gives their memory back itself.
+constexpr std::uint64_t kFreeAfter = 256;
+
 void DestructorThread() {
   // The object being destroyed is on its stack: it must be scanned.
   RegisterThread();
@@ -157,12 +160,18 @@ void DestructorThread() {
     // What the destructors left below this frame and in scratch registers would keep their
     // objects' memory marked (bdwgc: GC_clear_stack).
     gofin_clear_stack(std::size_t{16} * 1024);
-    std::lock_guard lock(q.lock);
-    q.done += n;
-    if (q.done >= q.wake_at) {
-      q.wake_at = UINT64_MAX;
-      q.idle.notify_all();
+    {
+      std::lock_guard lock(q.lock);
+      q.done += n;
+      if (q.done >= q.wake_at) {
+        q.wake_at = UINT64_MAX;
+        q.idle.notify_all();
+      }
     }
+    // Give the memory back now rather than at the next cycle's sweep: a program whose garbage
+    // has destructors would otherwise hold each object for two cycles, and its heap would
+    // grow by that much (a brief stop, no mark). Small chains wait for GC() or the sweep.
+    if (n >= kFreeAfter) FreeDestroyed();
   }
 }
 

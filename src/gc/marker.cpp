@@ -392,12 +392,13 @@ void MarkWorker::MarkObjectOnly(std::uintptr_t p) {
   if (s == nullptr || s->state != SpanState::kInUse || !s->Contains(p)) return;
   const std::size_t i = s->ObjIndex(p);
   if (s->IsMarked(i) || !s->IsAllocated(i)) return;
+  // Not counted in the live heap: the object is garbage waiting for its destructor, and a
+  // goal grown from it would let the heap grow by every backlog of the destructor thread.
   if (exclusive_) {
     s->SetMarkNonAtomic(i);
-  } else if (!s->TryMark(i)) {
-    return;
+  } else {
+    (void)s->TryMark(i);
   }
-  bytes_marked_ += s->elemsize;
 }
 
 void MarkWorker::ScanObjectContents(std::uintptr_t base) {

@@ -27,8 +27,8 @@ class MarkWorker {
   // Go: greyobject via findObject. Marks the object containing p, if any; p is an exact
   // pointer (a record's), so a boundary does not keep the object before it.
   void MarkPointer(std::uintptr_t p);
-  // Marks the object at exactly p without scanning it (a queued destructor's object: what it
-  // references may die).
+  // Marks the object at exactly p without scanning it or counting it as live (a queued
+  // destructor's object: it is garbage, and what it references may die).
   void MarkObjectOnly(std::uintptr_t p);
   // Scans the words of the object at base without marking the object itself.
   void ScanObjectContents(std::uintptr_t base);

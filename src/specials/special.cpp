@@ -28,6 +28,7 @@ constinit FixAlloc<SpecialFinalizer> g_finalizer_alloc{};
 constinit FixAlloc<SpecialCleanup> g_cleanup_alloc{};
 constinit FixAlloc<SpecialWeakHandle> g_weak_alloc{};
 constinit FixAlloc<SpecialProfile> g_profile_alloc{};
+constinit FixAlloc<SpecialCheckFinalizer> g_check_alloc{};
 constinit SpecialKindOps g_ops[kNumSpecialKinds] = {};
 // Free records of each kind in chains of RecordCache::kBatch (linked through next), passed
 // whole between thread caches. The chains themselves are stacked through their first record's
@@ -39,7 +40,8 @@ struct ChainLink : Special {
 static_assert(sizeof(SpecialFinalizer) >= sizeof(ChainLink) &&
                   sizeof(SpecialCleanup) >= sizeof(ChainLink) &&
                   sizeof(SpecialWeakHandle) >= sizeof(ChainLink) &&
-                  sizeof(SpecialProfile) >= sizeof(ChainLink),
+                  sizeof(SpecialProfile) >= sizeof(ChainLink) &&
+                  sizeof(SpecialCheckFinalizer) >= sizeof(ChainLink),
               "a free record of every kind must have room to link chains");
 struct ChainStack {
   Special* top = nullptr;
@@ -74,6 +76,8 @@ Special* AllocRecordLocked(SpecialKind kind) {
       return g_weak_alloc.Alloc();
     case SpecialKind::kProfile:
       return g_profile_alloc.Alloc();
+    case SpecialKind::kCheckFinalizer:
+      return g_check_alloc.Alloc();
   }
   throw std::bad_alloc();  // not a kind: unreachable
 }
@@ -91,6 +95,9 @@ void FreeRecordLocked(Special* s) {
       break;
     case SpecialKind::kProfile:
       g_profile_alloc.Free(static_cast<SpecialProfile*>(s));
+      break;
+    case SpecialKind::kCheckFinalizer:
+      g_check_alloc.Free(static_cast<SpecialCheckFinalizer*>(s));
       break;
   }
 }
@@ -110,6 +117,9 @@ Special* ConstructRecord(Special* storage, SpecialKind kind) {
       break;
     case SpecialKind::kProfile:
       s = std::construct_at(static_cast<SpecialProfile*>(storage));
+      break;
+    case SpecialKind::kCheckFinalizer:
+      s = std::construct_at(static_cast<SpecialCheckFinalizer*>(storage));
       break;
   }
   s->kind = kind;
@@ -550,8 +560,22 @@ std::size_t SpecialRecordsOutstanding(SpecialKind kind) {
       return g_weak_alloc.InUse();
     case SpecialKind::kProfile:
       return g_profile_alloc.InUse();
+    case SpecialKind::kCheckFinalizer:
+      return g_check_alloc.InUse();
   }
   return 0;
+}
+
+void ForEachSpecialStopped(void (*fn)(std::uintptr_t p, Span* s, Special* sp, void* ctx),
+                           void* ctx) {
+  ForEachInUseSpan([&](Span* s) {
+    if (s->special_count == 0) return;
+    for (std::size_t i = 0; i < s->nelems; ++i) {
+      for (Special* sp = s->special_heads[i]; sp != nullptr; sp = sp->next) {
+        fn(s->start + sp->offset, s, sp, ctx);
+      }
+    }
+  });
 }
 
 void InitSpecials() {

@@ -18,8 +18,9 @@ enum class SpecialKind : std::uint8_t {
   kWeakHandle = 2,
   kProfile = 3,
   kCleanup = 4,
+  kCheckFinalizer = 5,
 };
-inline constexpr std::size_t kNumSpecialKinds = 5;
+inline constexpr std::size_t kNumSpecialKinds = 6;
 
 // Go: special
 struct Special {
@@ -47,6 +48,17 @@ struct SpecialCleanup : Special {
 // address, zeroed by the sweep that finds the object dead (weak/weak_handle.cpp).
 struct SpecialWeakHandle : Special {
   void** handle = nullptr;
+};
+
+// Go: specialCheckFinalizer (1.25, GODEBUG=checkfinalizers): where a finalizer (cleanup_id 0)
+// or a cleanup was registered, for the report (gc/check_finalizers.hpp). Only made while the
+// check is on; freed with the object.
+struct SpecialCheckFinalizer : Special {
+  std::uint64_t cleanup_id = 0;
+  const char* file = nullptr;
+  const char* function = nullptr;
+  const void* type = nullptr;  // the std::type_info of the registration's T
+  std::uint32_t line = 0;
 };
 
 // Go: specialprofile. Reserved for a heap profiler.
@@ -118,5 +130,9 @@ std::size_t SpecialRecordsOutstanding(SpecialKind kind);
 
 // Installs the marker and sweeper hooks; idempotent.
 void InitSpecials();
+
+// Calls fn(object_address, span, record) for every record, with the world stopped.
+void ForEachSpecialStopped(void (*fn)(std::uintptr_t p, Span* s, Special* sp, void* ctx),
+                           void* ctx);
 
 }  // namespace gofin::internal

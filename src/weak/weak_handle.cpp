@@ -101,7 +101,13 @@ void* MakeHandle(const void* p) {
   using namespace gofin::internal;  // NOLINT(google-build-using-namespace)
   EnsureRegistered();
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  if (g_heap.arenas.SpanOfHeap(addr) == nullptr) return ImmortalHandle(addr);
+  if (g_heap.arenas.SpanOfHeap(addr) == nullptr) {
+    // Inside the heap's arenas but in no span in use: a freed object (a dangling pointer).
+    if (g_heap.arenas.ArenaOf(addr) != nullptr) {
+      throw gofin::Error("weak.Make: pointer not in allocated block");
+    }
+    return ImmortalHandle(addr);
+  }
   if (!g_ready.load(std::memory_order_acquire)) [[unlikely]]
     InitWeakOnce();
   // Go: getOrAddWeakHandle. Look, then make one and try to add it; a racing Make may win.

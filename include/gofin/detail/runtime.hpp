@@ -1,6 +1,10 @@
 #pragma once
 // Entry points of the compiled library that the public templates call. Not part of the API.
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <source_location>
+#include <typeinfo>
 
 namespace gofin::detail {
 
@@ -30,5 +34,15 @@ void UnregisterCurrentThread();
 // Records the calling thread's current stack segment ([lo, hi); null: its own stack) and
 // returns the previous one through prev_lo/prev_hi when they are not null.
 void SwitchStack(void* lo, void* hi, void** prev_lo, void** prev_hi) noexcept;
+
+// GOFIN_DEBUG=checkfinalizers (Go 1.25): set once at the collector's initialization, which
+// every registration reaches before it reads this. While off, a registration costs one
+// predictable branch more.
+extern std::atomic<bool> g_check_finalizers;
+// Records where the finalizer (cleanup_id 0) or cleanup on obj was registered, for the check's
+// report.
+void NoteRegistration(const void* obj, std::uint64_t cleanup_id, const std::source_location& where,
+                      const std::type_info& type);
+inline bool CheckFinalizersOn() { return g_check_finalizers.load(std::memory_order_relaxed); }
 
 }  // namespace gofin::detail
