@@ -4,7 +4,6 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
-#include <source_location>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -17,7 +16,7 @@ namespace gofin {
 class Cleanup;
 template <class T, class F, class S>
 Cleanup AddCleanup(T* ptr, F&& cleanup, S arg,
-                   const std::source_location& where = std::source_location::current());
+                   const SourceLocation& where = SourceLocation::Current());
 
 // Go: runtime.Cleanup. A handle to one cleanup; copyable, and it keeps nothing alive (the
 // object's address is held in a form no scan takes for a pointer, as Go holds it in a
@@ -31,7 +30,7 @@ class Cleanup {
 
  private:
   template <class T, class F, class S>
-  friend Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const std::source_location& where);
+  friend Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const SourceLocation& where);
   Cleanup(std::uint64_t id, std::uintptr_t hidden) : id_(id), hidden_(hidden) {}
 
   std::uint64_t id_ = 0;
@@ -74,7 +73,7 @@ std::uintptr_t HideAddress(const void* p) noexcept;
 // runs first, the cleanup after the later cycle that frees the object. If ptr is reachable
 // from cleanup or arg, it is never freed and the cleanup never runs.
 template <class T, class F, class S>
-Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const std::source_location& where) {
+Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const SourceLocation& where) {
   using Fn = std::decay_t<F>;
   static_assert(std::is_invocable_v<Fn&, S&>,
                 "gofin::AddCleanup: the cleanup must be callable with the argument's type S");
@@ -92,7 +91,7 @@ Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const std::source_location& where
   }
   if (detail::CheckCleanupTarget(ptr, arg_ptr, std::addressof(cleanup), sizeof(Fn)) ==
       detail::CleanupTarget::kGlobal) {
-    return Cleanup();
+    return {};
   }
   using Box = detail::CleanupBox<Fn, S>;
   void* mem = detail::AllocateFor<Box>(sizeof(Box), 1, detail::kAllocNoTiny);

@@ -4,7 +4,6 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
-#include <source_location>
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
@@ -93,8 +92,7 @@ void KeepAlive(const T& x) noexcept {
 // a collection finds the object unreachable (it stays alive until then, and may be
 // resurrected by the finalizer).
 template <class T, class F>
-void SetFinalizer(T* obj, F&& finalizer,
-                  const std::source_location& where = std::source_location::current()) {
+void SetFinalizer(T* obj, F&& finalizer, const SourceLocation& where = SourceLocation::Current()) {
   using Fn = std::decay_t<F>;
   static_assert(!std::is_same_v<Fn, std::nullptr_t>, "use SetFinalizer(obj, nullptr) to remove");
   static_assert(std::is_invocable_v<Fn&, T*>,

@@ -58,7 +58,12 @@ void RemoveUntrackedWrites(const void* p, std::size_t n);
 class UntrackedWrites {
  public:
   UntrackedWrites(const void* p, std::size_t n) : p_(p), n_(n) { AddUntrackedWrites(p, n); }
-  ~UntrackedWrites() { RemoveUntrackedWrites(p_, n_); }
+  ~UntrackedWrites() {
+    try {
+      RemoveUntrackedWrites(p_, n_);
+    } catch (...) {  // only if the program removed this declaration itself: nothing left to do
+    }
+  }
   UntrackedWrites(const UntrackedWrites&) = delete;
   UntrackedWrites& operator=(const UntrackedWrites&) = delete;
 

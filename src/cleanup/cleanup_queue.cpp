@@ -27,6 +27,7 @@ namespace {
 // are claimed from the end by a compare-and-swap on cnt, so that any cleanup thread may help
 // run one block: two cleanups that wait for each other both finish when two threads exist
 // (Go runs one block per goroutine; API.md asks for cleanups that run concurrently).
+// NOLINTNEXTLINE(cppcoreguidelines-pro-type-member-init): only box[0, cnt) is ever read
 struct CleanupBlock {
   static constexpr std::size_t kEntries = (4096 - 32) / sizeof(void*);
   CleanupBlock* next = nullptr;     // in full, running or free

@@ -317,14 +317,14 @@ void ReportCheckFinalizers() {
 
 namespace gofin::detail {
 
-void NoteRegistration(const void* obj, std::uint64_t cleanup_id, const std::source_location& where,
+void NoteRegistration(const void* obj, std::uint64_t cleanup_id, const SourceLocation& where,
                       const std::type_info& type) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
   auto* s = static_cast<SpecialCheckFinalizer*>(NewSpecial(SpecialKind::kCheckFinalizer));
   s->cleanup_id = cleanup_id;
-  s->file = where.file_name();
-  s->function = where.function_name();
-  s->line = where.line();
+  s->file = where.file;
+  s->function = where.function;
+  s->line = where.line;
   s->type = &type;
   if (!AddSpecial(obj, s)) FreeSpecialRecord(s);
 }

@@ -8,7 +8,7 @@
 // Go runs a checkmark mark per record; gofin walks the heap from the record's roots with a
 // visited set of its own, in memory mapped for it (nothing may call malloc while the world is
 // stopped), and stops as soon as the object is found. The findings, with the type and the
-// file:line of each registration (SetFinalizer/AddCleanup capture std::source_location while
+// file:line of each registration (SetFinalizer/AddCleanup capture gofin::SourceLocation while
 // the check is on, kept as a record of kind kCheckFinalizer on the object), are printed once
 // the world runs again, with the queue lengths. Go then throws; gofin only reports, so that a
 // test suite runs to its end. Off by default: then nothing of this runs.

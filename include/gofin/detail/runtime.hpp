@@ -3,7 +3,6 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <source_location>
 #include <typeinfo>
 
 namespace gofin::detail {
@@ -35,13 +34,36 @@ void UnregisterCurrentThread();
 // returns the previous one through prev_lo/prev_hi when they are not null.
 void SwitchStack(void* lo, void* hi, void** prev_lo, void** prev_hi) noexcept;
 
+}  // namespace gofin::detail
+
+namespace gofin {
+
+// Where a call was made: std::source_location's role, from the compilers' __builtin_FILE,
+// __builtin_FUNCTION and __builtin_LINE, which GCC and Clang have had for years (Clang 14 with
+// libstdc++ 12 cannot compile <source_location>). As a defaulted argument, Current() names
+// the caller's line.
+struct SourceLocation {
+  const char* file = "";
+  const char* function = "";
+  unsigned line = 0;
+  static constexpr SourceLocation Current(const char* file = __builtin_FILE(),
+                                          const char* function = __builtin_FUNCTION(),
+                                          unsigned line = __builtin_LINE()) noexcept {
+    return SourceLocation{file, function, line};
+  }
+};
+
+}  // namespace gofin
+
+namespace gofin::detail {
+
 // GOFIN_DEBUG=checkfinalizers (Go 1.25): set once at the collector's initialization, which
 // every registration reaches before it reads this. While off, a registration costs one
 // predictable branch more.
 extern std::atomic<bool> g_check_finalizers;
 // Records where the finalizer (cleanup_id 0) or cleanup on obj was registered, for the check's
 // report.
-void NoteRegistration(const void* obj, std::uint64_t cleanup_id, const std::source_location& where,
+void NoteRegistration(const void* obj, std::uint64_t cleanup_id, const SourceLocation& where,
                       const std::type_info& type);
 inline bool CheckFinalizersOn() { return g_check_finalizers.load(std::memory_order_relaxed); }
 
