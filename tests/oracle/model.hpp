@@ -24,7 +24,6 @@
 // testing::GC(StackState::kNoHeapPointers), and no global holds a graph pointer. Then a cycle
 // must do exactly what Go's rules say; the model predicts which finalizers are queued and
 // which destructors run and the checker compares sets.
-#include <gofin/gofin.hpp>
 #include <sched.h>
 
 #include <algorithm>
@@ -32,10 +31,10 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdarg>
-#include <functional>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <gofin/gofin.hpp>
 #include <map>
 #include <mutex>
 #include <set>
@@ -108,10 +107,14 @@ inline bool NodeOk(const Node* n, std::uint64_t id) {
 inline Node* NewNode(int size_kind, std::uint64_t id) {
   const auto sk = static_cast<std::uint32_t>(size_kind);
   switch (size_kind) {
-    case 1: return gofin::New<PaddedNode<200>>(id, sk);
-    case 2: return gofin::New<PaddedNode<1500>>(id, sk);
-    case 3: return gofin::New<PaddedNode<40000>>(id, sk);
-    default: return gofin::New<Node>(id, sk);
+    case 1:
+      return gofin::New<PaddedNode<200>>(id, sk);
+    case 2:
+      return gofin::New<PaddedNode<1500>>(id, sk);
+    case 3:
+      return gofin::New<PaddedNode<40000>>(id, sk);
+    default:
+      return gofin::New<Node>(id, sk);
   }
 }
 
@@ -119,10 +122,14 @@ inline Node* NewNode(int size_kind, std::uint64_t id) {
 // (API.md: it keeps its own object alive, never the next one).
 inline std::uint32_t NodeBytes(int size_kind) {
   switch (size_kind) {
-    case 1: return sizeof(PaddedNode<200>);
-    case 2: return sizeof(PaddedNode<1500>);
-    case 3: return sizeof(PaddedNode<40000>);
-    default: return sizeof(Node);
+    case 1:
+      return sizeof(PaddedNode<200>);
+    case 2:
+      return sizeof(PaddedNode<1500>);
+    case 3:
+      return sizeof(PaddedNode<40000>);
+    default:
+      return sizeof(Node);
   }
 }
 
@@ -132,7 +139,17 @@ struct Junk {
   ~Junk() { words[0] = 0; }
 };
 
-enum class Ev : std::uint8_t { kAlloc, kLink, kUnlink, kRoot, kUnroot, kReg, kUnreg, kFinRun, kDtor };
+enum class Ev : std::uint8_t {
+  kAlloc,
+  kLink,
+  kUnlink,
+  kRoot,
+  kUnroot,
+  kReg,
+  kUnreg,
+  kFinRun,
+  kDtor
+};
 
 // How a registration's finalizer behaves. kind 0: a stateful functor (can capture an object,
 // resurrect, re-register); 1: a plain function pointer; 2: a captureless lambda taking
@@ -140,8 +157,8 @@ enum class Ev : std::uint8_t { kAlloc, kLink, kUnlink, kRoot, kUnroot, kReg, kUn
 struct Reg {
   std::uint64_t g = 0;  // registration number; 0: none
   int kind = 0;
-  int res_slot = -1;    // the finalizer stores its object into resurrection slot res_slot
-  bool rereg = false;   // the finalizer calls SetFinalizer on its object again
+  int res_slot = -1;      // the finalizer stores its object into resurrection slot res_slot
+  bool rereg = false;     // the finalizer calls SetFinalizer on its object again
   std::uint64_t cap = 0;  // id of a captured object (kept alive while set or queued)
   bool operator==(const Reg&) const = default;
 };
@@ -152,10 +169,10 @@ struct Event {
   std::uint64_t x = 0;  // node id (kRoot/kUnroot: slot)
   std::uint64_t y = 0;  // target id (kLink, kRoot); kFinRun: g of the re-registration or 0
   std::uint32_t k = 0, off = 0;
-  Reg reg;              // kReg: the registration; kUnreg: its g; kFinRun: g (0 = stateless)
-  bool x_ok = true;     // kFinRun, kDtor: the object's id/canary were intact
-  bool cap_ok = true;   // kFinRun: the captured object was intact
-  int res_done = -1;    // kFinRun: resurrection slot written
+  Reg reg;             // kReg: the registration; kUnreg: its g; kFinRun: g (0 = stateless)
+  bool x_ok = true;    // kFinRun, kDtor: the object's id/canary were intact
+  bool cap_ok = true;  // kFinRun: the captured object was intact
+  int res_done = -1;   // kFinRun: resurrection slot written
   std::uint64_t child[kChildren] = {};  // kFinRun: ids the finalizer found (~0: corrupt)
   std::uint32_t child_off[kChildren] = {};
   int size_kind = 0;
@@ -164,12 +181,17 @@ struct Event {
 struct Shared {
   std::mutex mu;
   std::vector<Event> events;
-  std::vector<std::string> violations;  // seen by mutators, finalizers, destructors
+  std::vector<std::string> violations;   // seen by mutators, finalizers, destructors
   std::vector<gofin::Root<Node>> roots;  // ordinary roots: mutators use them
   std::vector<gofin::Root<Node>> res;    // resurrection roots: only finalizers write them
   std::atomic<bool> final_mode{false};   // finalizers neither resurrect nor re-register
   std::atomic<std::uint64_t> next_g{1};
   std::uint64_t seed = 0;
+  // With record_addrs, Execute notes every node's address here (under mu), so that FinalDrain
+  // can reach the objects of finalizer cycles that nothing references, and release them.
+  // malloc'd memory, which no collection scans: it keeps nothing alive.
+  bool record_addrs = false;
+  std::unordered_map<std::uint64_t, Node*> addrs;
 
   Shared(int nroots) : roots(static_cast<std::size_t>(nroots)), res(kResSlots) {}
 
@@ -269,8 +291,8 @@ inline void RunFinalizer(Node* x, std::uint64_t id, const Reg& r, Node* cap) {
     try {
       RegisterFinalizer(x, e.x, r2, nullptr);
     } catch (const std::exception& ex) {
-      s.Violation(Fmt("SetFinalizer inside the finalizer of node %" PRIu64 " threw: %s", e.x,
-                      ex.what()));
+      s.Violation(
+          Fmt("SetFinalizer inside the finalizer of node %" PRIu64 " threw: %s", e.x, ex.what()));
       return;
     }
     Event re;
@@ -294,17 +316,22 @@ inline void FinPlain(Node* x) { RunFinalizer(x, 0, Reg{0, 1}, nullptr); }
 
 inline void RegisterFinalizer(Node* x, std::uint64_t id, const Reg& r, Node* cap) {
   switch (r.kind) {
-    case 1: gofin::SetFinalizer(x, &FinPlain); break;
+    case 1:
+      gofin::SetFinalizer(x, &FinPlain);
+      break;
     case 2:
       gofin::SetFinalizer(x, [](const Node* n) {
         RunFinalizer(const_cast<Node*>(n), 0, Reg{0, 2}, nullptr);
       });
       break;
     case 3:
-      gofin::SetFinalizer(
-          x, [](void* p) { RunFinalizer(static_cast<Node*>(p), 0, Reg{0, 3}, nullptr); });
+      gofin::SetFinalizer(x, [](void* p) {
+        RunFinalizer(static_cast<Node*>(p), 0, Reg{0, 3}, nullptr);
+      });
       break;
-    default: gofin::SetFinalizer(x, Fin{id, r, cap}); break;
+    default:
+      gofin::SetFinalizer(x, Fin{id, r, cap});
+      break;
   }
 }
 
@@ -335,7 +362,7 @@ class Model {
   std::unordered_map<std::uint64_t, NState> alive;  // allocated, not destroyed
   std::unordered_set<std::uint64_t> dead;           // destroyed since the last final drain
   std::unordered_set<std::uint64_t> frozen;         // kept forever (finalizer cycles)
-  std::uint64_t watermark = 0;  // ids below it are dead or frozen
+  std::uint64_t watermark = 0;                      // ids below it are dead or frozen
   std::vector<std::uint64_t> roots;
   std::vector<std::uint64_t> res;
   bool final_mode = false;
@@ -344,63 +371,83 @@ class Model {
   std::string where;  // context for messages
   std::uint64_t finalizers_run = 0, destructors_run = 0;
 
-  Model(int nroots, std::uint64_t s) : roots(static_cast<std::size_t>(nroots)), res(kResSlots), seed(s) {}
+  Model(int nroots, std::uint64_t s)
+      : roots(static_cast<std::size_t>(nroots)), res(kResSlots), seed(s) {}
 
   void Fail(const std::string& msg) {
     if (errors.size() < 50) errors.push_back(where + ": " + msg);
   }
 
   // --- mutation helpers (planner and replay) ---
+  // Each keeps the marked set (see Marked) current: an addition that can only grow it marks
+  // from the new target at once, a removal that may shrink it only makes it stale.
   void AddNode(std::uint64_t id, int sk) {
+    // A new node has no edges and no finalizer: it marks nothing.
     alive[id].size_kind = sk;
-    dirty_ = true;
   }
   void SetEdge(std::uint64_t p, int k, Edge e) {
-    alive[p].child[k] = e;
-    dirty_ = true;
+    NState& n = alive[p];
+    const std::uint64_t old = n.child[k].id;
+    n.child[k] = e;
+    ++paths_version_;
+    if (old == e.id) return;
+    // The edge counts if p is marked, or p has a finalizer and the edge leaves p.
+    const bool marked = marked_.count(p) != 0;
+    const bool regd = n.reg.g != 0;
+    if (old != 0 && (marked || (regd && old != p))) stale_ = true;
+    if (e.id != 0 && (marked || (regd && e.id != p))) MarkFrom(e.id);
   }
   void SetRoot(int slot, std::uint64_t id) {
-    roots[static_cast<std::size_t>(slot)] = id;
-    dirty_ = true;
+    std::uint64_t& r = roots[static_cast<std::size_t>(slot)];
+    if (r != 0 && r != id) stale_ = true;
+    r = id;
+    ++paths_version_;
+    MarkFrom(id);
   }
   void SetRes(int slot, std::uint64_t id) {
-    res[static_cast<std::size_t>(slot)] = id;
-    dirty_ = true;
+    std::uint64_t& r = res[static_cast<std::size_t>(slot)];
+    if (r != 0 && r != id) stale_ = true;
+    r = id;
+    MarkFrom(id);
   }
   void SetReg(std::uint64_t id, const Reg& r) {
-    alive[id].reg = r;
-    dirty_ = true;
+    NState& n = alive[id];
+    const Reg old = n.reg;
+    n.reg = r;
+    if (old.g != 0 && (r.g == 0 || (old.cap != 0 && old.cap != r.cap))) stale_ = true;
+    if (r.g == 0) return;
+    for (const Edge& e : n.child)
+      if (e.id != id) MarkFrom(e.id);
+    MarkFrom(r.cap);
   }
+  // After a change to alive, roots or res that bypassed the helpers above.
+  void Invalidate() {
+    stale_ = true;
+    ++paths_version_;
+  }
+  // Changes whenever a path from a root may have changed (see Planner::Refresh).
+  std::uint64_t PathsVersion() const { return paths_version_; }
   bool Registered(std::uint64_t id) const {
     auto it = alive.find(id);
     return it != alive.end() && it->second.reg.g != 0;
   }
 
   // Go's mark: from the roots, the resurrection roots, and for every object with a finalizer
-  // what it references and what its callable captured (not the object itself).
+  // what it references and what its callable captured (not the object itself). Ids that are
+  // referenced but not allocated (only after a violation) are in the set and mark nothing.
   const std::unordered_set<std::uint64_t>& Marked() {
-    if (!dirty_) return marked_;
-    dirty_ = false;
-    marked_.clear();
-    std::vector<std::uint64_t> stack;
-    auto push = [&](std::uint64_t id) {
-      if (id != 0 && alive.count(id) != 0 && marked_.insert(id).second) stack.push_back(id);
-    };
-    for (auto id : roots) push(id);
-    for (auto id : res) push(id);
-    for (auto& [id, n] : alive) {
-      if (n.reg.g == 0) continue;
-      // Its pointers into itself do not keep it alive (API.md).
-      for (const Edge& e : n.child)
-        if (e.id != id) push(e.id);
-      push(n.reg.cap);
-    }
-    while (!stack.empty()) {
-      const std::uint64_t id = stack.back();
-      stack.pop_back();
-      for (const Edge& e : alive[id].child) push(e.id);
-    }
+    if (stale_) Recompute();
     return marked_;
+  }
+  // Marked().count(id), recomputing the set only when the answer may have changed. Between
+  // recomputations marked_ is a superset of the marked set (additions are applied at once,
+  // removals only make it stale), so an id outside it is unmarked: that is the answer for
+  // every finalizer and destructor that runs rightly, and a cycle's replay costs no
+  // recomputation per event (one per event made the fuzzer quadratic in the garbage).
+  bool IsMarked(std::uint64_t id) {
+    if (marked_.count(id) == 0) return false;
+    if (stale_) Recompute();
+    return marked_.count(id) != 0;
   }
 
   // Why the model thinks id is live (for failure messages).
@@ -433,11 +480,13 @@ class Model {
   void Apply(const Event& e) {
     switch (e.kind) {
       case Ev::kAlloc:
-        if (alive.count(e.x) || dead.count(e.x) || e.x < watermark) Fail(Fmt("id %" PRIu64 " allocated twice", e.x));
+        if (alive.count(e.x) || dead.count(e.x) || e.x < watermark)
+          Fail(Fmt("id %" PRIu64 " allocated twice", e.x));
         AddNode(e.x, e.size_kind);
         break;
       case Ev::kLink:
-        if (Need(e.x, "link parent") && Need(e.y, "link target")) SetEdge(e.x, static_cast<int>(e.k), Edge{e.y, e.off});
+        if (Need(e.x, "link parent") && Need(e.y, "link target"))
+          SetEdge(e.x, static_cast<int>(e.k), Edge{e.y, e.off});
         break;
       case Ev::kUnlink:
         if (Need(e.x, "unlink parent")) SetEdge(e.x, static_cast<int>(e.k), Edge{});
@@ -445,7 +494,9 @@ class Model {
       case Ev::kRoot:
         if (Need(e.y, "root target")) SetRoot(static_cast<int>(e.x), e.y);
         break;
-      case Ev::kUnroot: SetRoot(static_cast<int>(e.x), 0); break;
+      case Ev::kUnroot:
+        SetRoot(static_cast<int>(e.x), 0);
+        break;
       case Ev::kReg:
         if (!Need(e.x, "SetFinalizer target")) break;
         if (alive[e.x].reg.g != 0) {
@@ -453,7 +504,8 @@ class Model {
                    " was still set",
                    e.x, alive[e.x].reg.g));
         }
-        if (e.thread == kFinThread && !(e.reg == SpecFor(seed, e.reg.g))) Fail("re-registration spec mismatch");
+        if (e.thread == kFinThread && !(e.reg == SpecFor(seed, e.reg.g)))
+          Fail("re-registration spec mismatch");
         if (e.reg.cap != 0) Need(e.reg.cap, "captured object");
         SetReg(e.x, e.reg);
         break;
@@ -466,43 +518,55 @@ class Model {
         }
         SetReg(e.x, Reg{});
         break;
-      case Ev::kFinRun: FinRun(e); break;
-      case Ev::kDtor: Dtor(e); break;
+      case Ev::kFinRun:
+        FinRun(e);
+        break;
+      case Ev::kDtor:
+        Dtor(e);
+        break;
     }
   }
 
   void FinRun(const Event& e) {
     ++finalizers_run;
     if (frozen.count(e.x)) {
-      Fail(Fmt("finalizer ran for node %" PRIu64 ", which is kept forever by a finalizer cycle", e.x));
+      Fail(Fmt("finalizer ran for node %" PRIu64 ", which is kept forever by a finalizer cycle",
+               e.x));
       return;
     }
     auto it = alive.find(e.x);
     if (it == alive.end()) {
       Fail(Fmt("finalizer ran for node %" PRIu64 " that was %s", e.x,
-               dead.count(e.x) || e.x < watermark ? "already destroyed" : "never allocated (corrupt id?)"));
+               dead.count(e.x) || e.x < watermark ? "already destroyed"
+                                                  : "never allocated (corrupt id?)"));
       return;
     }
     NState& n = it->second;
     if (e.reg.g == 0) {
       if (n.reg.g == 0 || n.reg.kind == 0) {
-        Fail(Fmt("stateless finalizer ran for node %" PRIu64 " whose registration is g=%" PRIu64 " kind=%d",
+        Fail(Fmt("stateless finalizer ran for node %" PRIu64 " whose registration is g=%" PRIu64
+                 " kind=%d",
                  e.x, n.reg.g, n.reg.kind));
       }
     } else if (n.reg.g != e.reg.g) {
-      Fail(Fmt("finalizer g=%" PRIu64 " ran for node %" PRIu64 " whose current registration is g=%" PRIu64
+      Fail(Fmt("finalizer g=%" PRIu64 " ran for node %" PRIu64
+               " whose current registration is g=%" PRIu64
                " (ran twice, ran after removal, or ran while not registered)",
                e.reg.g, e.x, n.reg.g));
     }
     if (!e.x_ok) Fail(Fmt("finalizer of node %" PRIu64 " got an object with a bad id/canary", e.x));
-    if (!e.cap_ok) Fail(Fmt("object %" PRIu64 " captured by node %" PRIu64 "'s finalizer was freed or corrupt", n.reg.cap, e.x));
-    if (Marked().count(e.x)) {
-      Fail(Fmt("finalizer ran for node %" PRIu64 " that is still reachable (from roots or from an object with a finalizer):%s",
+    if (!e.cap_ok)
+      Fail(Fmt("object %" PRIu64 " captured by node %" PRIu64 "'s finalizer was freed or corrupt",
+               n.reg.cap, e.x));
+    if (IsMarked(e.x)) {
+      Fail(Fmt("finalizer ran for node %" PRIu64
+               " that is still reachable (from roots or from an object with a finalizer):%s",
                e.x, Explain(e.x).c_str()));
     }
     for (int k = 0; k < kChildren; ++k) {
       if (e.child[k] != n.child[k].id || (e.child[k] != 0 && e.child_off[k] != n.child[k].off)) {
-        Fail(Fmt("finalizer of node %" PRIu64 " saw child[%d]=%" PRIu64 "+%u, model has %" PRIu64 "+%u",
+        Fail(Fmt("finalizer of node %" PRIu64 " saw child[%d]=%" PRIu64 "+%u, model has %" PRIu64
+                 "+%u",
                  e.x, k, e.child[k], e.child_off[k], n.child[k].id, n.child[k].off));
       }
     }
@@ -510,8 +574,9 @@ class Model {
     const int want_res = (!final_mode && stateful && n.reg.res_slot >= 0) ? n.reg.res_slot : -1;
     const bool want_rereg = !final_mode && stateful && n.reg.rereg;
     if (e.res_done != want_res || (e.y != 0) != want_rereg) {
-      Fail(Fmt("finalizer of node %" PRIu64 " acted unlike its registration (res %d/%d rereg %d/%d)", e.x,
-               e.res_done, want_res, e.y != 0, want_rereg));
+      Fail(Fmt("finalizer of node %" PRIu64
+               " acted unlike its registration (res %d/%d rereg %d/%d)",
+               e.x, e.res_done, want_res, e.y != 0, want_rereg));
     }
     SetReg(e.x, Reg{});
     if (e.res_done >= 0) SetRes(e.res_done, e.x);
@@ -520,7 +585,8 @@ class Model {
   void Dtor(const Event& e) {
     ++destructors_run;
     if (frozen.count(e.x)) {
-      Fail(Fmt("destructor ran for node %" PRIu64 ", which is kept forever by a finalizer cycle", e.x));
+      Fail(Fmt("destructor ran for node %" PRIu64 ", which is kept forever by a finalizer cycle",
+               e.x));
       return;
     }
     auto it = alive.find(e.x);
@@ -533,22 +599,25 @@ class Model {
     if (!e.x_ok) Fail(Fmt("destructor of node %" PRIu64 " found a corrupt canary", e.x));
     const bool was_registered = it->second.reg.g != 0;
     if (was_registered) {
-      Fail(Fmt("node %" PRIu64 " destroyed while its finalizer g=%" PRIu64 " was still set (or queued)", e.x,
-               it->second.reg.g));
+      Fail(Fmt("node %" PRIu64 " destroyed while its finalizer g=%" PRIu64
+               " was still set (or queued)",
+               e.x, it->second.reg.g));
     }
-    const bool was_marked = Marked().count(e.x) != 0;
+    const bool was_marked = IsMarked(e.x);
     if (was_marked) Fail(Fmt("reachable node %" PRIu64 " destroyed:%s", e.x, Explain(e.x).c_str()));
+    // An unmarked, unregistered node marks nothing: the marked set stays as it is.
+    if (was_registered || marked_.count(e.x) != 0) stale_ = true;
+    ++paths_version_;
     alive.erase(it);
     dead.insert(e.x);
-    // An unmarked, unregistered node marks nothing: the marked set stays as it is (recomputing
-    // it for every destructor of a cycle made the fuzzer quadratic in the garbage).
-    if (was_marked || was_registered) dirty_ = true;
   }
 
   bool Need(std::uint64_t id, const char* what) {
     if (alive.count(id)) return true;
     Fail(Fmt("%s: node %" PRIu64 " is %s", what, id,
-             frozen.count(id) ? "frozen" : (dead.count(id) || id < watermark) ? "destroyed" : "unknown"));
+             frozen.count(id)                     ? "frozen"
+             : (dead.count(id) || id < watermark) ? "destroyed"
+                                                  : "unknown"));
     return false;
   }
 
@@ -571,75 +640,172 @@ class Model {
     return p;
   }
 
-  // Edges that keep things alive once no root is left: children of every object, plus the
-  // capture of an object's own registered finalizer.
-  std::vector<std::uint64_t> Succ(std::uint64_t id, bool skip_self_edges = false) {
-    std::vector<std::uint64_t> out;
-    auto it = alive.find(id);
-    if (it == alive.end()) return out;
-    for (const Edge& e : it->second.child)
-      if (e.id != 0 && alive.count(e.id) && !(skip_self_edges && e.id == id)) out.push_back(e.id);
-    if (it->second.reg.g != 0 && it->second.reg.cap != 0 && alive.count(it->second.reg.cap)) out.push_back(it->second.reg.cap);
-    return out;
-  }
-  std::unordered_set<std::uint64_t> ReachPlus(std::uint64_t from) {  // >= 1 step
-    std::unordered_set<std::uint64_t> seen;
-    // A registered object's own pointers into itself are no path back to it (the collector
-    // skips them when it marks what the object references); its callable's capture of itself
-    // is one (the callable is another object).
-    std::vector<std::uint64_t> st = Succ(from, /*skip_self_edges=*/Registered(from));
-    while (!st.empty()) {
-      const std::uint64_t v = st.back();
-      st.pop_back();
-      if (!seen.insert(v).second) continue;
-      for (auto w : Succ(v)) st.push_back(w);
-    }
-    return seen;
-  }
-
-  // With every root gone: the objects no number of cycles frees (reachable in >= 1 step from a
-  // registered object that reaches itself), and the longest chain of other registered objects
-  // (each cycle finalizes one link of a chain).
+  // With every root gone: the objects no number of cycles frees (reachable in >= 0 steps from a
+  // registered object that reaches itself in >= 1), and the longest chain of other registered
+  // objects (each cycle finalizes one link of a chain).
+  //
+  // The edges that keep things alive once no root is left: the children of every object, plus
+  // the capture of an object's own registered finalizer. A registered object's own pointers
+  // into itself are no path back to it (the collector skips them when it marks what the
+  // object references); its callable's capture of itself is one (the callable is another
+  // object). So a registered object reaches itself iff it captures itself or lies in a
+  // strongly connected component of two or more objects; the chains are paths through the
+  // other components, which form a DAG. Linear in the graph (the fuzzer's drains see a few
+  // thousand nodes; one reachability set per registered object took 100 ms and more).
   struct Fixpoint {
     std::unordered_set<std::uint64_t> stuck;
     int longest_chain = 0;
   };
   Fixpoint ComputeFixpoint() {
     Fixpoint f;
-    std::vector<std::uint64_t> regd;
-    for (auto& [id, n] : alive)
-      if (n.reg.g != 0) regd.push_back(id);
-    std::unordered_map<std::uint64_t, std::unordered_set<std::uint64_t>> reach;
-    for (auto id : regd) reach[id] = ReachPlus(id);
-    for (auto id : regd) {
-      if (reach[id].count(id)) {
-        for (auto v : reach[id]) f.stuck.insert(v);
+    const std::size_t n = alive.size();
+    std::vector<const NState*> node;
+    std::vector<std::uint64_t> ids;
+    std::unordered_map<std::uint64_t, int> index;
+    node.reserve(n);
+    ids.reserve(n);
+    for (auto& [id, st] : alive) {
+      index.emplace(id, static_cast<int>(ids.size()));
+      ids.push_back(id);
+      node.push_back(&st);
+    }
+    // Edges without self-loops (a self-capture is noted apart).
+    std::vector<std::vector<int>> succ(n);
+    std::vector<char> self_cap(n, 0);
+    auto add = [&](std::size_t v, std::uint64_t to) {
+      if (to == 0 || to == ids[v]) return;
+      auto it = index.find(to);
+      if (it != index.end()) succ[v].push_back(it->second);
+    };
+    for (std::size_t v = 0; v < n; ++v) {
+      for (const Edge& e : node[v]->child) add(v, e.id);
+      const Reg& r = node[v]->reg;
+      if (r.g == 0) continue;
+      add(v, r.cap);
+      if (r.cap == ids[v]) self_cap[v] = 1;
+    }
+    // Tarjan's strongly connected components, iteratively; components come out sinks first
+    // (every edge between components goes to a lower number).
+    std::vector<int> order(n, -1), low(n, 0), comp(n, -1), comp_size, stack;
+    std::vector<std::pair<int, std::size_t>> call;  // node, next edge
+    int counter = 0;
+    for (std::size_t root = 0; root < n; ++root) {
+      if (order[root] >= 0) continue;
+      auto enter = [&](int v) {
+        order[static_cast<std::size_t>(v)] = low[static_cast<std::size_t>(v)] = counter++;
+        stack.push_back(v);
+        call.emplace_back(v, 0);
+      };
+      enter(static_cast<int>(root));
+      while (!call.empty()) {
+        const auto v = static_cast<std::size_t>(call.back().first);
+        const std::size_t pos = call.back().second;
+        if (pos < succ[v].size()) {
+          ++call.back().second;
+          const int w = succ[v][pos];
+          const auto wi = static_cast<std::size_t>(w);
+          if (order[wi] < 0) {
+            enter(w);
+          } else if (comp[wi] < 0) {  // on the stack
+            low[v] = std::min(low[v], order[wi]);
+          }
+          continue;
+        }
+        call.pop_back();
+        if (!call.empty()) {
+          const auto u = static_cast<std::size_t>(call.back().first);
+          low[u] = std::min(low[u], low[v]);
+        }
+        if (low[v] != order[v]) continue;
+        const int c = static_cast<int>(comp_size.size());
+        int size = 0;
+        for (;;) {
+          const int w = stack.back();
+          stack.pop_back();
+          comp[static_cast<std::size_t>(w)] = c;
+          ++size;
+          if (static_cast<std::size_t>(w) == v) break;
+        }
+        comp_size.push_back(size);
       }
     }
-    std::vector<std::uint64_t> live_regd;
-    for (auto id : regd)
-      if (!f.stuck.count(id)) live_regd.push_back(id);
-    // depth(z) = 1 + max depth of registered non-stuck w reaching z. Acyclic among them.
-    std::unordered_map<std::uint64_t, int> depth;
-    std::unordered_map<std::uint64_t, std::vector<std::uint64_t>> preds;
-    for (auto w : live_regd)
-      for (auto z : live_regd)
-        if (w != z && reach[w].count(z)) preds[z].push_back(w);
-    std::function<int(std::uint64_t)> d = [&](std::uint64_t z) -> int {
-      auto it = depth.find(z);
-      if (it != depth.end()) return it->second;
-      depth[z] = 1;  // guards against a cycle (cannot happen)
-      int best = 0;
-      for (auto w : preds[z]) best = std::max(best, d(w));
-      return depth[z] = best + 1;
-    };
-    for (auto z : live_regd) f.longest_chain = std::max(f.longest_chain, d(z));
+    // Stuck: everything reachable from a registered object that reaches itself.
+    std::vector<char> stuck(n, 0);
+    std::vector<int> todo;
+    for (std::size_t v = 0; v < n; ++v) {
+      if (node[v]->reg.g != 0 &&
+          (self_cap[v] || comp_size[static_cast<std::size_t>(comp[v])] > 1)) {
+        stuck[v] = 1;
+        todo.push_back(static_cast<int>(v));
+      }
+    }
+    while (!todo.empty()) {
+      const auto v = static_cast<std::size_t>(todo.back());
+      todo.pop_back();
+      for (int w : succ[v]) {
+        if (!stuck[static_cast<std::size_t>(w)]) {
+          stuck[static_cast<std::size_t>(w)] = 1;
+          todo.push_back(w);
+        }
+      }
+    }
+    for (std::size_t v = 0; v < n; ++v)
+      if (stuck[v]) f.stuck.insert(ids[v]);
+    // Longest chain: the most registered objects on a path through the components that are
+    // not stuck (a component is stuck as a whole, and so is everything after a stuck one; a
+    // registered object outside the stuck ones is a component of its own), sources first.
+    const std::size_t ncomp = comp_size.size();
+    std::vector<std::vector<int>> members(ncomp);
+    for (std::size_t v = 0; v < n; ++v)
+      members[static_cast<std::size_t>(comp[v])].push_back(static_cast<int>(v));
+    std::vector<int> in(ncomp, 0);
+    for (std::size_t c = ncomp; c-- > 0;) {
+      if (stuck[static_cast<std::size_t>(members[c][0])]) continue;
+      int out = in[c];
+      for (int v : members[c]) out += node[static_cast<std::size_t>(v)]->reg.g != 0 ? 1 : 0;
+      f.longest_chain = std::max(f.longest_chain, out);
+      for (int v : members[c]) {
+        for (int w : succ[static_cast<std::size_t>(v)]) {
+          const auto d = static_cast<std::size_t>(comp[static_cast<std::size_t>(w)]);
+          if (d != c) in[d] = std::max(in[d], out);
+        }
+      }
+    }
     return f;
   }
 
  private:
-  std::unordered_set<std::uint64_t> marked_;
-  bool dirty_ = true;
+  // Adds id and everything it reaches to marked_.
+  void MarkFrom(std::uint64_t id) {
+    if (id == 0 || !marked_.insert(id).second) return;
+    mark_stack_.push_back(id);
+    while (!mark_stack_.empty()) {
+      const std::uint64_t x = mark_stack_.back();
+      mark_stack_.pop_back();
+      auto it = alive.find(x);
+      if (it == alive.end()) continue;
+      for (const Edge& e : it->second.child)
+        if (e.id != 0 && marked_.insert(e.id).second) mark_stack_.push_back(e.id);
+    }
+  }
+  void Recompute() {
+    stale_ = false;
+    marked_.clear();
+    for (auto id : roots) MarkFrom(id);
+    for (auto id : res) MarkFrom(id);
+    for (auto& [id, n] : alive) {
+      if (n.reg.g == 0) continue;
+      // Its pointers into itself do not keep it alive (API.md).
+      for (const Edge& e : n.child)
+        if (e.id != id) MarkFrom(e.id);
+      MarkFrom(n.reg.cap);
+    }
+  }
+
+  std::unordered_set<std::uint64_t> marked_;  // see IsMarked
+  bool stale_ = false;                        // marked_ may hold more than the marked set
+  std::uint64_t paths_version_ = 0;
+  std::vector<std::uint64_t> mark_stack_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -729,22 +895,24 @@ inline void CheckHeapGraph(Model& m) {
       continue;
     }
     if (!NodeOk(p, id)) {
-      m.Fail(Fmt("live node %" PRIu64 " is corrupt or freed (id %" PRIu64 ", canary %#" PRIx64 ")", id,
-                 p ? p->id : 0, p ? p->canary : 0));
+      m.Fail(Fmt("live node %" PRIu64 " is corrupt or freed (id %" PRIu64 ", canary %#" PRIx64 ")",
+                 id, p ? p->id : 0, p ? p->canary : 0));
       continue;
     }
     for (int k = 0; k < kChildren; ++k) {
       const Edge& want = it->second.child[k];
       void* raw = p->child[k];
       if (want.id == 0) {
-        if (raw != nullptr) m.Fail(Fmt("node %" PRIu64 " child[%d] is set, model says empty", id, k));
+        if (raw != nullptr)
+          m.Fail(Fmt("node %" PRIu64 " child[%d] is set, model says empty", id, k));
         continue;
       }
       if (raw == nullptr || p->child_off[k] != want.off) {
         m.Fail(Fmt("node %" PRIu64 " child[%d] lost or changed its edge", id, k));
         continue;
       }
-      stack.emplace_back(reinterpret_cast<const Node*>(static_cast<char*>(raw) - want.off), want.id);
+      stack.emplace_back(reinterpret_cast<const Node*>(static_cast<char*>(raw) - want.off),
+                         want.id);
     }
   }
 }
@@ -752,7 +920,14 @@ inline void CheckHeapGraph(Model& m) {
 // Drops every root, turns off resurrection and re-registration, and collects until the model
 // says nothing changes any more: every finalizer outside a finalizer cycle must have run within
 // (longest chain + 2) cycles and every object outside those cycles must be freed.
-inline int FinalDrain(Model& m, bool (*stop)() = nullptr) {
+//
+// The objects of finalizer cycles ("stuck") are kept forever: the model freezes them and any
+// later event for one is a failure. They also make every later collection slower: with
+// Shared::record_addrs, a drain whose stuck objects would make more than max_frozen frozen
+// releases them instead (SetFinalizer(x, nil) on each registered one, which nothing else can
+// reach any more), and one more exact cycle must free all of them.
+inline int FinalDrain(Model& m, bool (*stop)() = nullptr,
+                      std::size_t max_frozen = static_cast<std::size_t>(-1)) {
   Shared& s = *g_shared;
   m.final_mode = true;
   s.final_mode.store(true);
@@ -772,7 +947,6 @@ inline int FinalDrain(Model& m, bool (*stop)() = nullptr) {
     ExactCycle(m);
   }
   if (m.errors.empty() && cycles == bound) {
-    std::size_t regd = 0;
     for (auto& [id, n] : m.alive) {
       if (!fp.stuck.count(id)) {
         m.Fail(Fmt("after %d cycles with no roots (longest finalizer chain %d) node %" PRIu64
@@ -780,16 +954,40 @@ inline int FinalDrain(Model& m, bool (*stop)() = nullptr) {
                    cycles, fp.longest_chain, id, n.reg.g, m.Explain(id).c_str()));
         break;
       }
-      if (n.reg.g) ++regd;
     }
     for (auto id : fp.stuck) {
       if (!m.alive.count(id)) m.Fail(Fmt("node %" PRIu64 " of a finalizer cycle was freed", id));
     }
-    (void)regd;
-    // Kept forever: drop them from the model; any later event for them is a failure.
-    for (auto id : fp.stuck) m.frozen.insert(id);
-    for (auto id : fp.stuck) m.alive.erase(id);
+    if (m.errors.empty() && s.record_addrs && m.frozen.size() + fp.stuck.size() > max_frozen) {
+      // Every node left is stuck and alive (no destructor ran for it, and a node's memory is
+      // reused only after its destructor ran): its recorded address is still its own.
+      for (auto id : fp.stuck) {
+        if (!m.Registered(id)) continue;
+        Node* x = s.addrs[id];
+        if (!NodeOk(x, id)) {
+          m.Fail(Fmt("node %" PRIu64 " of a finalizer cycle is corrupt", id));
+          break;
+        }
+        gofin::SetFinalizer(x, nullptr);
+        m.SetReg(id, Reg{});
+      }
+      if (m.errors.empty()) {
+        ExactCycle(m);
+        ++cycles;
+      }
+      if (m.errors.empty() && !m.alive.empty())
+        m.Fail(Fmt("%zu nodes of released finalizer cycles were not freed", m.alive.size()));
+    } else {
+      // Kept forever: drop them from the model; any later event for them is a failure.
+      for (auto id : fp.stuck) m.frozen.insert(id);
+      for (auto id : fp.stuck) m.alive.erase(id);
+      m.Invalidate();
+    }
     m.dead.clear();
+    if (s.record_addrs) {
+      Shared::Guard lock(s.mu);
+      s.addrs.clear();  // everything allocated so far is dead or frozen
+    }
   }
   m.final_mode = false;
   s.final_mode.store(false);
@@ -809,8 +1007,18 @@ struct Path {
 };
 
 enum class OpKind : std::uint8_t {
-  kAlloc, kLink, kUnlink, kRoot, kUnroot, kSetFin, kSetFinDup, kRemoveFin, kRemoveFinNone,
-  kVerify, kChurn, kCollect
+  kAlloc,
+  kLink,
+  kUnlink,
+  kRoot,
+  kUnroot,
+  kSetFin,
+  kSetFinDup,
+  kRemoveFin,
+  kRemoveFinNone,
+  kVerify,
+  kChurn,
+  kCollect
 };
 
 struct Op {
@@ -836,22 +1044,23 @@ inline Node* Navigate(const Path& p, int thread) {
   Shared& s = *g_shared;
   Node* n = s.roots[static_cast<std::size_t>(p.slot)].get();
   if (!NodeOk(n, p.ids[0])) {
-    s.Violation(Fmt("thread %d: root[%d] should hold live node %" PRIu64 " but holds %s", thread, p.slot,
-                    p.ids[0], n ? Fmt("id %" PRIu64 " canary %#" PRIx64, n->id, n->canary).c_str() : "nil"));
+    s.Violation(Fmt("thread %d: root[%d] should hold live node %" PRIu64 " but holds %s", thread,
+                    p.slot, p.ids[0],
+                    n ? Fmt("id %" PRIu64 " canary %#" PRIx64, n->id, n->canary).c_str() : "nil"));
     return nullptr;
   }
   for (std::size_t i = 0; i < p.idx.size(); ++i) {
     void* raw = n->child[p.idx[i]];
     const std::uint32_t off = n->child_off[p.idx[i]];
     if (raw == nullptr || off != p.offs[i]) {
-      s.Violation(Fmt("thread %d: node %" PRIu64 " lost child[%u] (to %" PRIu64 ")", thread, p.ids[i], p.idx[i],
-                      p.ids[i + 1]));
+      s.Violation(Fmt("thread %d: node %" PRIu64 " lost child[%u] (to %" PRIu64 ")", thread,
+                      p.ids[i], p.idx[i], p.ids[i + 1]));
       return nullptr;
     }
     Node* c = reinterpret_cast<Node*>(static_cast<char*>(raw) - off);
     if (!NodeOk(c, p.ids[i + 1])) {
-      s.Violation(Fmt("thread %d: reachable node %" PRIu64 " (child of %" PRIu64 ") is freed or corrupt: id %" PRIu64
-                      " canary %#" PRIx64,
+      s.Violation(Fmt("thread %d: reachable node %" PRIu64 " (child of %" PRIu64
+                      ") is freed or corrupt: id %" PRIu64 " canary %#" PRIx64,
                       thread, p.ids[i + 1], p.ids[i], c->id, c->canary));
       return nullptr;
     }
@@ -883,7 +1092,9 @@ inline void Churn(std::uint64_t seed) {
         std::memcpy(static_cast<void*>(a), &h, sizeof h);
         break;
       }
-      case 3: gofin::New<Junk>()->words[1] = h; break;
+      case 3:
+        gofin::New<Junk>()->words[1] = h;
+        break;
       default:
         if ((h >> 8) % 50 == 0) {
           auto* p = static_cast<unsigned char*>(gofin::Alloc(40000 + (h >> 16) % 100000));
@@ -896,8 +1107,8 @@ inline void Churn(std::uint64_t seed) {
   }
 }
 
-inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0, std::uint32_t k = 0,
-                      std::uint32_t off = 0) {
+inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
+                      std::uint32_t k = 0, std::uint32_t off = 0) {
   Event e;
   e.kind = kind;
   e.thread = thread;
@@ -914,6 +1125,10 @@ inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
   switch (op.kind) {
     case OpKind::kAlloc: {
       Node* x = NewNode(op.size_kind, op.new_id);
+      if (s.record_addrs) {
+        Shared::Guard lock(s.mu);
+        s.addrs[op.new_id] = x;
+      }
       {
         Event e;
         e.kind = Ev::kAlloc;
@@ -946,10 +1161,12 @@ inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
       } else if (op.place == 2) {
         Node* p = Navigate(op.a, thread);
         if (p == nullptr) return false;
-        if (op.had_old) LogSimple(Ev::kUnlink, thread, op.a.Id(), 0, static_cast<std::uint32_t>(op.k));
+        if (op.had_old)
+          LogSimple(Ev::kUnlink, thread, op.a.Id(), 0, static_cast<std::uint32_t>(op.k));
         p->child_off[op.k] = op.off;
         p->child[op.k] = reinterpret_cast<char*>(x) + op.off;
-        LogSimple(Ev::kLink, thread, op.a.Id(), op.new_id, static_cast<std::uint32_t>(op.k), op.off);
+        LogSimple(Ev::kLink, thread, op.a.Id(), op.new_id, static_cast<std::uint32_t>(op.k),
+                  op.off);
         gofin::KeepAlive(p);
       }
       gofin::KeepAlive(x);
@@ -959,7 +1176,8 @@ inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
       Node* p = Navigate(op.a, thread);
       Node* y = p ? Navigate(op.b, thread) : nullptr;
       if (y == nullptr) return false;
-      if (op.had_old) LogSimple(Ev::kUnlink, thread, op.a.Id(), 0, static_cast<std::uint32_t>(op.k));
+      if (op.had_old)
+        LogSimple(Ev::kUnlink, thread, op.a.Id(), 0, static_cast<std::uint32_t>(op.k));
       p->child_off[op.k] = op.off;
       p->child[op.k] = reinterpret_cast<char*>(y) + op.off;
       LogSimple(Ev::kLink, thread, op.a.Id(), op.b.Id(), static_cast<std::uint32_t>(op.k), op.off);
@@ -1001,8 +1219,8 @@ inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
       try {
         RegisterFinalizer(x, op.a.Id(), op.reg, cap);
       } catch (const std::exception& ex) {
-        s.Violation(Fmt("thread %d: SetFinalizer on node %" PRIu64 " (no finalizer set) threw: %s", thread,
-                        op.a.Id(), ex.what()));
+        s.Violation(Fmt("thread %d: SetFinalizer on node %" PRIu64 " (no finalizer set) threw: %s",
+                        thread, op.a.Id(), ex.what()));
         return false;
       }
       Event e;
@@ -1024,12 +1242,14 @@ inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
       } catch (const gofin::Error& err) {
         threw = true;
         if (std::strcmp(err.what(), "runtime.SetFinalizer: finalizer already set") != 0) {
-          s.Violation(Fmt("thread %d: second SetFinalizer threw the wrong message: %s", thread, err.what()));
+          s.Violation(Fmt("thread %d: second SetFinalizer threw the wrong message: %s", thread,
+                          err.what()));
         }
       }
       if (!threw) {
-        s.Violation(Fmt("thread %d: SetFinalizer on node %" PRIu64 " which already had one did not throw", thread,
-                        op.a.Id()));
+        s.Violation(Fmt("thread %d: SetFinalizer on node %" PRIu64
+                        " which already had one did not throw",
+                        thread, op.a.Id()));
         return false;
       }
       gofin::KeepAlive(x);
@@ -1063,23 +1283,31 @@ inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
         void* raw = x->child[k];
         if (w.id == 0) {
           if (raw != nullptr) {
-            s.Violation(Fmt("thread %d: node %" PRIu64 " child[%d] set, expected empty", thread, op.a.Id(), k));
+            s.Violation(Fmt("thread %d: node %" PRIu64 " child[%d] set, expected empty", thread,
+                            op.a.Id(), k));
             return false;
           }
           continue;
         }
-        const Node* c = raw ? reinterpret_cast<const Node*>(static_cast<char*>(raw) - x->child_off[k]) : nullptr;
+        const Node* c =
+            raw ? reinterpret_cast<const Node*>(static_cast<char*>(raw) - x->child_off[k])
+                : nullptr;
         if (x->child_off[k] != w.off || !NodeOk(c, w.id)) {
-          s.Violation(Fmt("thread %d: node %" PRIu64 " child[%d] should be live node %" PRIu64 "; it is %s", thread,
-                          op.a.Id(), k, w.id,
-                          c ? Fmt("id %" PRIu64 " canary %#" PRIx64, c->id, c->canary).c_str() : "nil"));
+          s.Violation(
+              Fmt("thread %d: node %" PRIu64 " child[%d] should be live node %" PRIu64 "; it is %s",
+                  thread, op.a.Id(), k, w.id,
+                  c ? Fmt("id %" PRIu64 " canary %#" PRIx64, c->id, c->canary).c_str() : "nil"));
           return false;
         }
       }
       return true;
     }
-    case OpKind::kChurn: Churn(op.churn); return true;
-    case OpKind::kCollect: gofin::GC(); return true;
+    case OpKind::kChurn:
+      Churn(op.churn);
+      return true;
+    case OpKind::kCollect:
+      gofin::GC();
+      return true;
   }
   return true;
 }
@@ -1107,56 +1335,97 @@ struct PlanLimits {
 // model as it goes (the plan model evolves exactly as the real graph will).
 class Planner {
  public:
-  Planner(Model& m, Chooser& ch, std::vector<int> slots, std::uint64_t* next_id, PlanLimits lim = {})
+  Planner(Model& m, Chooser& ch, std::vector<int> slots, std::uint64_t* next_id,
+          PlanLimits lim = {})
       : m_(m), ch_(ch), slots_(std::move(slots)), next_id_(next_id), lim_(lim) {}
 
   bool Next(Op& op) {
     Refresh();
     for (int attempt = 0; attempt < 8; ++attempt) {
-      if (Try(op)) {
-        dirty_ = true;
-        return true;
-      }
+      if (Try(op)) return true;
     }
     return false;
   }
 
  private:
+  // The nodes this planner's roots reach, breadth first (a node's path: its BFS parent's plus
+  // one edge). Recomputed after most operations, so each node stores its parent, not its
+  // path: a Path is built only for the nodes an operation picks.
   void Refresh() {
-    if (!dirty_) return;
-    dirty_ = false;
-    acc_.clear();
+    if (refreshed_ && version_ == m_.PathsVersion()) return;
+    refreshed_ = true;
+    version_ = m_.PathsVersion();
     order_.clear();
-    std::vector<Path> queue;
+    acc_.clear();
+    if (++epoch_ == 0) {  // wrapped: entries of an old epoch would look current
+      std::fill(index_.begin(), index_.end(), Slot{});
+      epoch_ = 1;
+    }
     for (int s : slots_) {
       const std::uint64_t id = m_.roots[static_cast<std::size_t>(s)];
-      if (id == 0 || acc_.count(id)) continue;
-      Path p;
-      p.slot = s;
-      p.ids.push_back(id);
-      acc_[id] = p;
-      order_.push_back(id);
+      if (id == 0 || !Index(id)) continue;
+      acc_.push_back(Acc{-1, s, 0, 0, 0});
     }
     for (std::size_t i = 0; i < order_.size(); ++i) {
-      const Path& p = acc_[order_[i]];
-      if (static_cast<int>(p.idx.size()) >= lim_.depth) continue;
+      const int depth = acc_[i].depth;
+      if (depth >= lim_.depth) continue;
       const NState& n = m_.alive[order_[i]];
       for (int k = 0; k < kChildren; ++k) {
         const Edge& e = n.child[k];
-        if (e.id == 0 || acc_.count(e.id)) continue;
-        Path q = acc_[order_[i]];
-        q.idx.push_back(static_cast<std::uint8_t>(k));
-        q.offs.push_back(e.off);
-        q.ids.push_back(e.id);
-        acc_[e.id] = std::move(q);
-        order_.push_back(e.id);
+        if (e.id == 0 || !Index(e.id)) continue;
+        acc_.push_back(Acc{static_cast<int>(i), acc_[i].slot, depth + 1, k, e.off});
       }
     }
   }
 
+  // index_: id -> position in order_, open addressing, reset by a new epoch_ (no per-node
+  // allocation: a node-based map made Refresh cost 15 us for its ~20 nodes under ASan).
+  std::size_t Probe(std::uint64_t id) const {
+    const std::size_t mask = index_.size() - 1;
+    std::size_t i = static_cast<std::size_t>(Mix(id)) & mask;
+    while (index_[i].epoch == epoch_ && index_[i].id != id) i = (i + 1) & mask;
+    return i;
+  }
+  // Appends id to order_ unless it is there already.
+  bool Index(std::uint64_t id) {
+    if (2 * (order_.size() + 1) > index_.size()) {
+      index_.assign(std::max<std::size_t>(64, 2 * index_.size()), Slot{});
+      for (std::size_t p = 0; p < order_.size(); ++p)
+        index_[Probe(order_[p])] = Slot{order_[p], static_cast<std::uint32_t>(p), epoch_};
+    }
+    const std::size_t i = Probe(id);
+    if (index_[i].epoch == epoch_) return false;
+    index_[i] = Slot{id, static_cast<std::uint32_t>(order_.size()), epoch_};
+    order_.push_back(id);
+    return true;
+  }
+  std::size_t Pos(std::uint64_t id) const {  // order_.size() if not reached
+    if (index_.empty()) return order_.size();
+    const Slot& s = index_[Probe(id)];
+    return s.epoch == epoch_ ? s.pos : order_.size();
+  }
+  Path PathAt(std::size_t pos) const {
+    Path p;
+    const auto n = static_cast<std::size_t>(acc_[pos].depth);
+    p.slot = acc_[pos].slot;
+    p.idx.resize(n);
+    p.offs.resize(n);
+    p.ids.resize(n + 1);
+    for (auto i = static_cast<int>(pos);; i = acc_[static_cast<std::size_t>(i)].parent) {
+      const Acc& a = acc_[static_cast<std::size_t>(i)];
+      const auto d = static_cast<std::size_t>(a.depth);
+      p.ids[d] = order_[static_cast<std::size_t>(i)];
+      if (a.parent < 0) break;
+      p.idx[d - 1] = static_cast<std::uint8_t>(a.k);
+      p.offs[d - 1] = a.off;
+    }
+    return p;
+  }
+  Path PathTo(std::uint64_t id) const { return PathAt(Pos(id)); }
+
   bool PickNode(Path& out) {
     if (order_.empty()) return false;
-    out = acc_[order_[ch_.Below(order_.size())]];
+    out = PathAt(ch_.Below(order_.size()));
     return true;
   }
   int PickSlot() { return slots_.empty() ? -1 : slots_[ch_.Below(slots_.size())]; }
@@ -1178,7 +1447,7 @@ class Planner {
       if (allow_capture && ch_.Chance(12)) {
         // Mostly something after `self` in BFS order (rarely an ancestor: capturing what
         // reaches the object keeps it forever, like capturing the object itself).
-        const auto pos = static_cast<std::size_t>(std::find(order_.begin(), order_.end(), self) - order_.begin());
+        const std::size_t pos = Pos(self);
         if (ch_.Chance(8)) {
           r.cap = self;
         } else if (pos + 1 < order_.size() && ch_.Chance(90)) {
@@ -1205,7 +1474,7 @@ class Planner {
         op.with_fin = true;
         op.reg = NewReg(true, op.new_id);
         op.cap_self = op.reg.cap == op.new_id;
-        if (op.reg.cap != 0 && !op.cap_self) op.b = acc_[op.reg.cap];
+        if (op.reg.cap != 0 && !op.cap_self) op.b = PathTo(op.reg.cap);
         m_.SetReg(op.new_id, op.reg);
       }
       const std::uint64_t pl = ch_.Below(100);
@@ -1229,9 +1498,9 @@ class Planner {
     }
     if (r < 45) {  // link; mostly "downwards" in BFS order, so that cycles stay a minority
       if (!PickNode(op.a)) return false;
-      const auto pos = static_cast<std::size_t>(std::find(order_.begin(), order_.end(), op.a.Id()) - order_.begin());
+      const std::size_t pos = Pos(op.a.Id());
       if (pos + 1 < order_.size() && ch_.Chance(95)) {
-        op.b = acc_[order_[pos + 1 + ch_.Below(order_.size() - pos - 1)]];
+        op.b = PathAt(pos + 1 + ch_.Below(order_.size() - pos - 1));
       } else if (!PickNode(op.b)) {
         return false;
       }
@@ -1277,7 +1546,7 @@ class Planner {
       op.kind = OpKind::kSetFin;
       op.reg = NewReg(true, x);
       op.cap_self = op.reg.cap == x;
-      if (op.reg.cap != 0 && !op.cap_self) op.b = acc_[op.reg.cap];
+      if (op.reg.cap != 0 && !op.cap_self) op.b = PathTo(op.reg.cap);
       m_.SetReg(x, op.reg);
       return true;
     }
@@ -1302,7 +1571,6 @@ class Planner {
     if (r < 99) {
       op.kind = OpKind::kChurn;
       op.churn = ch_.Below(~std::uint64_t{0});
-      dirty_ = false;  // nothing changes
       return true;
     }
     op.kind = OpKind::kCollect;
@@ -1314,9 +1582,24 @@ class Planner {
   std::vector<int> slots_;
   std::uint64_t* next_id_;
   PlanLimits lim_;
-  bool dirty_ = true;
-  std::unordered_map<std::uint64_t, Path> acc_;
-  std::vector<std::uint64_t> order_;
+  bool refreshed_ = false;
+  std::uint64_t version_ = 0;  // the model's PathsVersion at the last Refresh
+  struct Acc {
+    int parent;  // index in order_; -1: a root
+    int slot;    // the root slot the path starts from
+    int depth;   // edges from the root
+    int k;       // the parent's child index of the last edge
+    std::uint32_t off;
+  };
+  struct Slot {
+    std::uint64_t id = 0;
+    std::uint32_t pos = 0;
+    std::uint32_t epoch = 0;  // the slot is used iff it equals epoch_
+  };
+  std::vector<std::uint64_t> order_;  // BFS order
+  std::vector<Acc> acc_;              // parallel to order_
+  std::vector<Slot> index_;           // see Probe
+  std::uint32_t epoch_ = 0;
 };
 
 }  // namespace oracle
