@@ -122,12 +122,41 @@ gofin_clear_stack:
   pxor %xmm13, %xmm13
   pxor %xmm14, %xmm14
   pxor %xmm15, %xmm15
+  movzbl gofin_vector_clear_level(%rip), %eax
+  test %eax, %eax
+  je 3f
+  vzeroall
+  cmp $2, %eax
+  jb 3f
+  vpxord %zmm16, %zmm16, %zmm16
+  vpxord %zmm17, %zmm17, %zmm17
+  vpxord %zmm18, %zmm18, %zmm18
+  vpxord %zmm19, %zmm19, %zmm19
+  vpxord %zmm20, %zmm20, %zmm20
+  vpxord %zmm21, %zmm21, %zmm21
+  vpxord %zmm22, %zmm22, %zmm22
+  vpxord %zmm23, %zmm23, %zmm23
+  vpxord %zmm24, %zmm24, %zmm24
+  vpxord %zmm25, %zmm25, %zmm25
+  vpxord %zmm26, %zmm26, %zmm26
+  vpxord %zmm27, %zmm27, %zmm27
+  vpxord %zmm28, %zmm28, %zmm28
+  vpxord %zmm29, %zmm29, %zmm29
+  vpxord %zmm30, %zmm30, %zmm30
+  vpxord %zmm31, %zmm31, %zmm31
+3:
+  xor %eax, %eax
   ret
   .cfi_endproc
   .size gofin_clear_stack, .-gofin_clear_stack
   .section .note.GNU-stack,"",@progbits
   .text
 )");
+
+// 0: SSE only; 1: AVX (vzeroall); 2: AVX-512 (and ZMM16-31). Set once by InitStopTheWorld.
+extern "C" {
+constinit std::uint8_t gofin_vector_clear_level = 0;  // NOLINT: read by assembly
+}
 
 namespace gofin::internal {
 
@@ -181,6 +210,25 @@ void InitVectorLayout() {
   unsigned ebx = 0;
   unsigned ecx = 0;
   unsigned edx = 0;
+  // gofin_clear_stack's vector registers: with AVX, vzeroall clears YMM0-15; with AVX-512, the
+  // EVEX-only ZMM16-31 too, which glibc's memcpy and memset use (evex variants) and which
+  // otherwise keep copied pointers across the clear and into later signal frames (found: a
+  // freed node's address in the finalizer thread's live frames, keeping its slot's next
+  // object through a collection).
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_OSXSAVE) != 0 &&
+      (ecx & bit_AVX) != 0) {
+    unsigned lo = 0;
+    unsigned hi = 0;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0x6U) == 0x6U) {  // XMM and YMM state enabled by the OS
+      std::uint8_t level = 1;
+      if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0 && (ebx & bit_AVX512F) != 0 &&
+          (lo & 0xe0U) == 0xe0U) {  // opmask, ZMM_Hi256, Hi16_ZMM enabled
+        level = 2;
+      }
+      gofin_vector_clear_level = level;
+    }
+  }
   if (__get_cpuid_max(0, nullptr) < 0xd) return;
   for (std::size_t i = 0; i < std::size(kXComponents); ++i) {
     __cpuid_count(0xd, kXComponents[i], eax, ebx, ecx, edx);
