@@ -88,7 +88,7 @@ void MaybeAddThread(CleanupQueue& q) {
 
 // Claims and runs one entry of b; false when none is left. Its frame holds the box while the
 // cleanup runs and is dead once it returns (cleared before the thread sleeps).
-[[gnu::noinline]] bool RunOne(CleanupQueue& q, CleanupBlock* b) {
+[[gnu::noinline]] bool RunOne(CleanupBlock* b) {
   std::uint32_t n = b->cnt.load(std::memory_order_relaxed);
   void* box = nullptr;
   for (;;) {
@@ -100,28 +100,30 @@ void MaybeAddThread(CleanupQueue& q) {
     // relaxed: entries were published under the queue's lock, which this thread took.
     if (b->cnt.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) break;
   }
-  // More of this block waits while this cleanup runs: a sleeping thread may help, or a new
-  // one (a cleanup may block, even on another cleanup of the block).
-  if (n > 1) {
+  try {
+    (*static_cast<BoxInvoke*>(box))(box);
+  } catch (...) {
+    detail::ReportFinalizerException(std::current_exception());
+  }
+  asm volatile("" : : "r"(box) : "memory");
+  return true;
+}
+
+// Runs entries of b until none is left; returns how many this thread ran.
+[[gnu::noinline]] std::uint64_t RunBlock(CleanupQueue& q, CleanupBlock* b) {
+  // More than this thread's first cleanup waits in the block: a sleeping thread is woken, or
+  // a thread started, to claim from it too, since any cleanup may block (even on another of
+  // the block). Once per block: per cleanup, the wake-up would cost more than the cleanup.
+  if (b->cnt.load(std::memory_order_relaxed) > 1) {
     if (q.sleeping.load(std::memory_order_relaxed) > 0) {
       q.wake.notify_one();
     } else {
       MaybeAddThread(q);
     }
   }
-  try {
-    (*static_cast<BoxInvoke*>(box))(box);
-  } catch (...) {
-    detail::ReportFinalizerException(std::current_exception());
-  }
-  q.executed.fetch_add(1, std::memory_order_relaxed);
-  asm volatile("" : : "r"(box) : "memory");
-  return true;
-}
-
-[[gnu::noinline]] void RunBlock(CleanupQueue& q, CleanupBlock* b) {
-  while (RunOne(q, b)) {
-  }
+  std::uint64_t ran = 0;
+  while (RunOne(b)) ++ran;
+  return ran;
 }
 
 // A block to run, taken or joined (lock held): one no thread has, else one being run that
@@ -180,7 +182,9 @@ void CleanupThread() {
         q.sleeping.fetch_sub(1, std::memory_order_relaxed);
       }
     }
-    RunBlock(q, b);
+    const std::uint64_t ran = RunBlock(q, b);
+    // Counted once per block (BlockUntilEmptyCleanupQueue, ReadCleanupStats' Executed).
+    q.executed.fetch_add(ran, std::memory_order_relaxed);
     // What the cleanups left below this frame and in scratch registers would keep their
     // boxes' referents alive (bdwgc: GC_clear_stack).
     gofin_clear_stack(std::size_t{16} * 1024);
