@@ -17,6 +17,8 @@
 #include "gofin/finalizer.hpp"
 #include "gofin/testing.hpp"
 #include "heap/fixalloc.hpp"
+#include "heap/lock.hpp"
+#include "heap/published.hpp"
 
 namespace gofin::internal {
 
@@ -55,20 +57,10 @@ struct CleanupQueue {
   std::atomic<int> sleeping{0};  // written under lock, read by running threads
 };
 
+// Read by the marker with the world stopped (published.hpp).
 constinit std::atomic<CleanupQueue*> g_queue{nullptr};
 
-CleanupQueue& Queue() {
-  if (CleanupQueue* q = g_queue.load(std::memory_order_acquire)) [[likely]]
-    return *q;
-  auto fresh = std::make_unique<CleanupQueue>();
-  CleanupQueue* expected = nullptr;
-  // acq_rel: publishes the constructed queue; on failure, acquires the winner's.
-  if (g_queue.compare_exchange_strong(expected, fresh.get(), std::memory_order_acq_rel,
-                                      std::memory_order_acquire)) {
-    return *fresh.release();
-  }
-  return *expected;
-}
+CleanupQueue& Queue() { return PublishedOnce(g_queue); }
 
 // Go: the cleanup goroutines' limit, max(GOMAXPROCS/4, 1), with gofin's mark workers for
 // GOMAXPROCS.
@@ -193,18 +185,6 @@ void CleanupThread() {
     if (Drained(q)) q.idle.notify_all();
   }
 }
-
-// gofin's waits are not cancellation points.
-class NoCancellation {
- public:
-  NoCancellation() { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old_); }
-  ~NoCancellation() { pthread_setcancelstate(old_, nullptr); }
-  NoCancellation(const NoCancellation&) = delete;
-  NoCancellation& operator=(const NoCancellation&) = delete;
-
- private:
-  int old_ = 0;
-};
 
 constinit std::atomic<bool> g_have_thread{false};
 // Work was queued while every thread was busy (Go: needg): the next AddCleanup starts one.

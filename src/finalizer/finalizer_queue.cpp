@@ -16,6 +16,7 @@
 #include "gc/thread_registry.hpp"
 #include "gofin/finalizer.hpp"
 #include "heap/fixalloc.hpp"
+#include "heap/published.hpp"
 
 namespace gofin::internal {
 
@@ -40,24 +41,10 @@ struct FinState {
   bool running = false;  // under lock: a batch is being run
 };
 
-// Published with a compare-and-swap, not a function-local static: the marker reads the queue
-// with the world stopped (MarkFinalizerQueueRoots), and a thread stopped inside a static's
-// initialisation holds its guard, which the collector would then wait for forever (found by
-// the oracle: the first SetFinalizer racing an automatic collection).
+// Read by the marker with the world stopped (MarkFinalizerQueueRoots): see published.hpp.
 constinit std::atomic<FinState*> g_fin_state{nullptr};
 
-FinState& State() {
-  if (FinState* s = g_fin_state.load(std::memory_order_acquire)) [[likely]]
-    return *s;
-  auto fresh = std::make_unique<FinState>();
-  FinState* expected = nullptr;
-  // acq_rel: publishes the constructed state; on failure, acquires the winner's.
-  if (g_fin_state.compare_exchange_strong(expected, fresh.get(), std::memory_order_acq_rel,
-                                          std::memory_order_acquire)) {
-    return *fresh.release();  // lives for the process
-  }
-  return *expected;
-}
+FinState& State() { return PublishedOnce(g_fin_state); }
 
 // The state if any thread created it; never allocates (for the world-stopped marker).
 FinState* StateIfCreated() { return g_fin_state.load(std::memory_order_acquire); }

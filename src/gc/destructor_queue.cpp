@@ -20,6 +20,8 @@
 #include "gc/thread_registry.hpp"
 #include "gofin/testing.hpp"
 #include "heap/fixalloc.hpp"
+#include "heap/lock.hpp"
+#include "heap/published.hpp"
 #include "heap/safepoint.hpp"
 
 namespace gofin::internal {
@@ -66,22 +68,11 @@ struct DtorQueue {
   bool registered = false;  // under lock: the thread is registered (StartDestructorThread)
 };
 
-// Never destroyed: threads may sweep after static destructors ran. Published with a
-// compare-and-swap (not a function-local static, whose guard a stopped thread may hold).
+// Read by the marker with the world stopped; threads may sweep after static destructors ran
+// (published.hpp).
 constinit std::atomic<DtorQueue*> g_queue{nullptr};
 
-DtorQueue& Queue() {
-  if (DtorQueue* q = g_queue.load(std::memory_order_acquire)) [[likely]]
-    return *q;
-  auto fresh = std::make_unique<DtorQueue>();
-  DtorQueue* expected = nullptr;
-  // acq_rel: publishes the constructed queue; on failure, acquires the winner's.
-  if (g_queue.compare_exchange_strong(expected, fresh.get(), std::memory_order_acq_rel,
-                                      std::memory_order_acquire)) {
-    return *fresh.release();
-  }
-  return *expected;
-}
+DtorQueue& Queue() { return PublishedOnce(g_queue); }
 
 // Runs entry i-1 of b. Its own frame, which holds the object's address while the destructor
 // runs, is dead once it returns (below the stack pointer, cleared before the thread sleeps).
@@ -174,19 +165,6 @@ void DestructorThread() {
     }
   }
 }
-
-// gofin's waits are not cancellation points (a cancellation would unwind through GC()'s
-// noexcept callers); condition_variable's waits are.
-class NoCancellation {
- public:
-  NoCancellation() { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old_); }
-  ~NoCancellation() { pthread_setcancelstate(old_, nullptr); }
-  NoCancellation(const NoCancellation&) = delete;
-  NoCancellation& operator=(const NoCancellation&) = delete;
-
- private:
-  int old_ = 0;
-};
 
 // Waits until every destructor queued before the call ran, or the deadline passed.
 template <class Deadline>

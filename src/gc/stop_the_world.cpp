@@ -23,6 +23,7 @@
 
 #include "gc/thread_registry.hpp"
 #include "heap/heap.hpp"
+#include "heap/lock.hpp"
 #include "heap/safepoint.hpp"
 
 #if !defined(__x86_64__)
@@ -563,13 +564,9 @@ bool DiagnoseUnstopped(const ThreadRecord* r, bool report) {
 }  // namespace
 
 void NonCancelableSleep(long ns) {
-  // gofin's waits run inside noexcept paths (a Root's release, a thread's exit): a
-  // cancellation there would unwind through them and terminate the program.
-  int old = 0;
-  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+  const NoCancellation no_cancel;
   timespec ts{0, ns};
   nanosleep(&ts, nullptr);
-  pthread_setcancelstate(old, nullptr);
 }
 
 int StopSignal() { return g_stop_signal; }

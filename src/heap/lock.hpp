@@ -2,6 +2,7 @@
 // Go: runtime.mutex. Every heap lock is also a critical region (see safepoint.hpp): a thread
 // holding one cannot be stopped, so the collector never waits on a lock held by a stopped
 // thread. Critical sections are short, so waiters spin briefly and then yield.
+#include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
@@ -44,6 +45,20 @@ class SpinLock {
 
  private:
   std::atomic<bool> locked_{false};
+};
+
+// gofin's waits are no cancellation points: they run inside noexcept paths (GC() waiting
+// for destructors, a Root's release, a thread's exit), where a pthread_cancel would unwind
+// and terminate the program. RAII: cancellation is disabled for the scope.
+class NoCancellation {
+ public:
+  NoCancellation() { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old_); }
+  ~NoCancellation() { pthread_setcancelstate(old_, nullptr); }
+  NoCancellation(const NoCancellation&) = delete;
+  NoCancellation& operator=(const NoCancellation&) = delete;
+
+ private:
+  int old_ = 0;
 };
 
 }  // namespace gofin::internal
