@@ -13,7 +13,6 @@
 #include "gc/thread_registry.hpp"
 #include "gofin/cleanup.hpp"
 #include "heap/heap.hpp"
-#include "heap/malloc.hpp"
 #include "specials/special.hpp"
 
 namespace gofin::internal {
@@ -80,17 +79,20 @@ CleanupTarget CheckCleanupTarget(const void* ptr, const void* arg_ptr, const voi
                                  std::size_t fn_size) {
   using namespace internal;  // NOLINT(google-build-using-namespace)
   EnsureRegistered();
-  const ObjectRef obj = FindObject(ptr);
-  if (obj.span == nullptr) {
+  // The span's layout only: whether the slot holds an object is asked by AttachCleanup with
+  // the span swept (a background sweep may be freeing neighbours meanwhile).
+  const auto p = reinterpret_cast<std::uintptr_t>(ptr);
+  const Span* span = g_heap.arenas.SpanOfHeap(p);
+  if (span == nullptr) {
     if (InDataSegment(ptr)) return CleanupTarget::kGlobal;
     throw Error("runtime.AddCleanup: ptr not in allocated block");
   }
-  const std::uintptr_t base = obj.base;
-  const std::uintptr_t end = base + obj.span->elemsize;
+  const std::uintptr_t base = span->ObjBase(span->ObjIndex(p));
+  const std::uintptr_t end = base + span->elemsize;
   // Go 1.25: an argument pointing into ptr's object keeps it alive forever, unless both are
   // parts of one tiny block.
   const auto a = reinterpret_cast<std::uintptr_t>(arg_ptr);
-  if (a >= base && a < end && obj.span->spanclass.value != kTinySpanClass.value) {
+  if (a >= base && a < end && span->spanclass.value != kTinySpanClass.value) {
     throw Error("runtime.AddCleanup: ptr is within arg, cleanup will never run");
   }
   // Go 1.25 scans the closure's pointer words; gofin reads every word of the callable's own

@@ -50,7 +50,10 @@ struct Span {
   std::uint32_t nelems = 0;
   std::uint32_t divmagic = 0;
   SpanClass spanclass{};
-  SpanState state = SpanState::kDead;
+  // Go: mSpanStateBox. Atomic: spanOfHeap reads it without the heap lock (Cleanup.Stop or
+  // weak::Value on an object whose span the background sweeper is giving back); the page
+  // heap's seq_cst store of kInUse publishes the fields set before it to those readers.
+  std::atomic<SpanState> state{SpanState::kDead};
   bool large = false;
   bool needzero = false;  // memory may be dirty: allocation must zero it
 
