@@ -2,8 +2,9 @@
 # live in build/<preset>/.
 #
 #   make            build the release preset
-#   make run        build release, run the demo with GOFIN_DEBUG=gctrace=1
+#   make run        build the demo (release), run it with GOFIN_DEBUG=gctrace=1
 #   make test       build release, run ctest --preset release
+#   (each target first installs the Debian packages it needs: scripts/setup.sh)
 #   make debug      build + test the debug preset
 #   make asan       build + test with AddressSanitizer + UBSan
 #   make tsan       build + test with ThreadSanitizer
@@ -29,6 +30,8 @@ SOURCE_DIRS := $(wildcard include src tests bench demo)
 # kernels; run the tsan tests with randomisation off when the system allows it.
 TSAN_WRAP := $(shell setarch $$(uname -m) -R true >/dev/null 2>&1 && echo "setarch $$(uname -m) -R")
 
+SETUP := bash scripts/setup.sh
+
 .PHONY: all build configure run test debug asan tsan bench soak format tidy clean help
 
 all: build
@@ -37,13 +40,17 @@ help:
 	@sed -n '1,16p' Makefile
 
 configure:
+	@$(SETUP) test
 	$(CMAKE) --preset release
 
 build: configure
 	$(CMAKE) --build --preset release -j $(JOBS)
 	@ln -sfn $(RELEASE_DIR)/compile_commands.json compile_commands.json
 
-run: build
+run:
+	@$(SETUP) run
+	$(CMAKE) --preset release
+	$(CMAKE) --build --preset release -j $(JOBS) --target gofin_demo
 	@test -x $(DEMO_BIN) || { echo "error: $(DEMO_BIN) was not built (demo/demo.cpp missing or GOFIN_BUILD_DEMO=OFF)" >&2; exit 1; }
 	GOFIN_DEBUG=gctrace=1 ./$(DEMO_BIN)
 
@@ -51,21 +58,26 @@ test: build
 	$(CTEST) --preset release
 
 debug:
+	@$(SETUP) test
 	$(CMAKE) --preset debug
 	$(CMAKE) --build --preset debug -j $(JOBS)
 	$(CTEST) --preset debug
 
 asan:
+	@$(SETUP) test
 	$(CMAKE) --preset asan
 	$(CMAKE) --build --preset asan -j $(JOBS)
 	$(CTEST) --preset asan
 
 tsan:
+	@$(SETUP) test
 	$(CMAKE) --preset tsan
 	$(CMAKE) --build --preset tsan -j $(JOBS)
 	$(TSAN_WRAP) $(CTEST) --preset tsan
 
-bench: build
+bench:
+	@$(SETUP) bench
+	@$(MAKE) --no-print-directory build
 	@set -e; n=0; \
 	for b in $$(find $(RELEASE_DIR)/bench -maxdepth 1 -type f -name 'bench_*' -perm -u+x 2>/dev/null | sort); do \
 	  echo "==> $$b"; "$$b"; n=$$((n + 1)); \
