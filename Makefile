@@ -10,6 +10,7 @@
 #   make tsan       build + test with ThreadSanitizer
 #   make bench      build release, run every bench/bench_* (and bench/compare/run.sh)
 #   make soak       run the oracle soak test for $(SECONDS) seconds
+#   make install    build release, install into $(PREFIX) (default /usr/local)
 #   make format     clang-format -i on all sources
 #   make tidy       clang-tidy over src/ (uses build/release/compile_commands.json)
 #   make clean      remove build/
@@ -31,13 +32,14 @@ SOURCE_DIRS := $(wildcard include src tests bench demo)
 TSAN_WRAP := $(shell setarch $$(uname -m) -R true >/dev/null 2>&1 && echo "setarch $$(uname -m) -R")
 
 SETUP := bash scripts/setup.sh
+PREFIX ?= /usr/local
 
-.PHONY: all build configure run test debug asan tsan bench soak format tidy clean help
+.PHONY: all build configure run test install debug asan tsan bench soak format tidy clean help
 
 all: build
 
 help:
-	@sed -n '1,16p' Makefile
+	@sed -n '1,/^$$/p' Makefile
 
 configure:
 	@$(SETUP) test
@@ -56,6 +58,9 @@ run:
 
 test: build
 	$(CTEST) --preset release
+
+install: build
+	$(CMAKE) --install $(RELEASE_DIR) --prefix $(PREFIX)
 
 debug:
 	@$(SETUP) test

@@ -1,4 +1,7 @@
 #pragma once
+#if !defined(__cplusplus) || __cplusplus < 202002L
+#error "gofin needs C++20: compile with -std=c++20 (pkg-config --cflags gofin says so)"
+#endif
 // Entry points of the compiled library that the public templates call. Not part of the API.
 #include <atomic>
 #include <cstddef>
