@@ -175,11 +175,12 @@ void CleanupThread() {
       }
     }
     const std::uint64_t ran = RunBlock(q, b);
+    // What the cleanups left below this frame and in scratch registers would keep their
+    // boxes' referents alive (bdwgc: GC_clear_stack); cleared before they count as run, so
+    // that BlockUntilEmptyCleanupQueue never returns with them still there.
+    gofin_clear_stack(std::size_t{16} * 1024);
     // Counted once per block (BlockUntilEmptyCleanupQueue, ReadCleanupStats' Executed).
     q.executed.fetch_add(ran, std::memory_order_relaxed);
-    // What the cleanups left below this frame and in scratch registers would keep their
-    // boxes' referents alive (bdwgc: GC_clear_stack).
-    gofin_clear_stack(std::size_t{16} * 1024);
     std::lock_guard lock(q.lock);
     LeaveBlock(q, b);
     if (Drained(q)) q.idle.notify_all();

@@ -1,8 +1,10 @@
 // libFuzzer target: the input's bytes choose a sequence of gofin API operations (allocate,
 // link, unlink, root, unroot, SetFinalizer with every callable form, captures, resurrection
-// and re-registration, removal, misuse that must throw, conservative and exact collections,
-// heap walks, final drains). The same model as gofin_oracle (tests/oracle/model.hpp) checks
-// every finalizer and destructor, and predicts every exact collection
+// and re-registration, removal, cleanups (AddCleanup at inner offsets with an integer or a node
+// argument, one that keeps its object forever now and then, Stop), weak pointers (Make into a
+// table of weak slots, Value() checks), misuse that must throw, conservative and exact
+// collections, heap walks, final drains). The same model as gofin_oracle (tests/oracle/model.hpp)
+// checks every finalizer and destructor, and predicts every exact collection
 // (testing::GC(kNoHeapPointers) with pacing off) exactly. Any violation aborts: a finding.
 //
 // Single-threaded mutator. The heap and the model persist across inputs. Collections are the
@@ -88,14 +90,17 @@ void CheckOrDie(oracle::Model& m) {
   if (!m.errors.empty()) Die(m);
 }
 
-// Events from finalizers and destructors are replayed; the mutator's own were already applied
-// by the planner (planning and executing happen on this one thread). A collection queues
+// Events from finalizers, cleanups and destructors are replayed; the mutator's own were already
+// applied by the planner (planning and executing happen on this one thread), except its weak
+// Value() checks, which change nothing and are checked by the replay. A collection queues
 // finalizers that run later on the finalizer thread: drain first, so that the model is
 // current before anything compares it with the heap.
 void ApplyLibraryEvents(oracle::Model& m) {
   if (!oracle::Drain()) m.Fail("finalizer queue did not drain");
   for (const oracle::Event& e : oracle::g_shared->Take()) {
-    if (e.thread == oracle::kFinThread || e.thread == oracle::kSweepThread) m.Apply(e);
+    if (e.thread == oracle::kFinThread || e.thread == oracle::kSweepThread ||
+        e.thread == oracle::kClnThread || e.kind == oracle::Ev::kWeakVal)
+      m.Apply(e);
   }
 }
 
@@ -117,7 +122,7 @@ void ExpectError(oracle::Model& m, const char* want, T&& fn) {
   int slot = -1;
   for (int i = 0; i < kRoots; ++i)
     if (m.roots[static_cast<std::size_t>(i)] != 0) slot = i;
-  switch (ch.Below(4)) {
+  switch (ch.Below(8)) {
     case 0:
       ExpectError(m, "runtime.SetFinalizer: first argument is nil", [] {
         gofin::SetFinalizer(static_cast<oracle::Node*>(nullptr), &oracle::FinPlain);
@@ -139,6 +144,38 @@ void ExpectError(oracle::Model& m, const char* want, T&& fn) {
       ExpectError(m, "runtime.SetFinalizer: pointer not in allocated block",
                   [&] { gofin::SetFinalizer(heap, &oracle::FinPlain); });
       std::free(heap);
+      break;
+    }
+    case 4:
+      ExpectError(m, "runtime.AddCleanup: ptr is nil", [] {
+        gofin::AddCleanup(static_cast<oracle::Node*>(nullptr), &oracle::ClnPlain, std::uint64_t{0});
+      });
+      break;
+    case 5: {
+      // An argument equal to ptr, or inside ptr's object: the cleanup could never run.
+      if (slot < 0) break;
+      char* x = reinterpret_cast<char*>(s.roots[static_cast<std::size_t>(slot)].get());
+      ExpectError(m, "runtime.AddCleanup: ptr is equal to arg, cleanup will never run", [&] {
+        gofin::AddCleanup(
+            x, [](char*) {}, x);
+      });
+      char* inner = x + 8 * (1 + ch.Below(6));
+      ExpectError(m, "runtime.AddCleanup: ptr is within arg, cleanup will never run", [&] {
+        gofin::AddCleanup(
+            x, [](char*) {}, inner);
+      });
+      break;
+    }
+    case 6: {
+      auto* heap = static_cast<oracle::Node*>(std::malloc(sizeof(oracle::Node)));
+      ExpectError(m, "runtime.AddCleanup: ptr not in allocated block",
+                  [&] { gofin::AddCleanup(heap, &oracle::ClnPlain, std::uint64_t{0}); });
+      std::free(heap);
+      // Harmless: Stop on a default Cleanup; a nil weak pointer.
+      gofin::Cleanup{}.Stop();
+      if (gofin::weak::Make(static_cast<oracle::Node*>(nullptr)).Value() != nullptr ||
+          gofin::weak::Pointer<oracle::Node>().Value() != nullptr)
+        m.Fail("a nil weak pointer's Value() is not nullptr");
       break;
     }
     default: {
@@ -184,6 +221,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   lim.depth = 16;
   // One planner for the input: it recomputes what the roots reach only when that changed.
   oracle::Planner planner(m, ch, slots, &st.next_id, lim);
+  std::vector<int> wslots(oracle::kWeakSlots);
+  for (int w = 0; w < oracle::kWeakSlots; ++w) wslots[static_cast<std::size_t>(w)] = w;
+  planner.SetWeakSlots(std::move(wslots));
   int ops = 0;
   while (fdp.remaining_bytes() > 0 && ops++ < 300) {
     const std::uint8_t sel = fdp.ConsumeIntegral<std::uint8_t>();

@@ -24,6 +24,23 @@
 // testing::GC(StackState::kNoHeapPointers), and no global holds a graph pointer. Then a cycle
 // must do exactly what Go's rules say; the model predicts which finalizers are queued and
 // which destructors run and the checker compares sets.
+//
+// Cleanups (runtime.AddCleanup) and weak pointers (package weak) follow the same scheme. A
+// cleanup's callable and argument live in a GC block of their own that is marked while the
+// cleanup is set or queued: the model marks a cleanup's argument node (if it has one) from
+// the roots until the cleanup runs or is stopped, so an argument that reaches the object keeps
+// it forever and its cleanups never run, without a rule of their own. A cleanup runs exactly
+// once, after the cycle that frees its object (an object with a finalizer: after the later
+// cycle that frees it, never the finalizer's); a stopped one never. A cleanup's log entry may
+// come before or after its object's destructor's (two threads): the model's record is "set"
+// until one of them, "pending" from the destructor to the run. Weak pointers live in a table
+// in malloc memory registered with AddRoots (a weak pointer is the address of a pointer-free
+// handle block that only keeps itself alive); a weak entry of the model is "cleared" from the
+// finalizer run or the destructor of its object on (the library clears it earlier, in the
+// cycle that queues the finalizer or frees the object). Replay checks are one-sided: a
+// non-nil Value() needs an intact object whose entry is not cleared, a nil one an entry that
+// is cleared or an object the model does not mark. A mutator that still reaches the object
+// knows the answer exactly, and so does every exact cycle, for every entry.
 #include <sched.h>
 
 #include <algorithm>
@@ -57,6 +74,11 @@ inline constexpr int kNumEdgeOffsets = 5;
 inline constexpr int kFinThread = 100;
 inline constexpr int kSweepThread = 101;
 inline constexpr int kChecker = 102;
+inline constexpr int kClnThread = 103;  // the cleanup threads (any of them)
+inline constexpr int kWeakSlots = 16;
+// Offsets at which AddCleanup, its argument and weak::Make point into an object.
+inline constexpr std::uint32_t kInnerOffsets[] = {0, 8, 24, 48};
+inline constexpr int kNumInnerOffsets = 4;
 
 std::string Fmt(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 inline std::string Fmt(const char* fmt, ...) {
@@ -148,7 +170,12 @@ enum class Ev : std::uint8_t {
   kReg,
   kUnreg,
   kFinRun,
-  kDtor
+  kDtor,
+  kClnAdd,    // x: node, c: cleanup number, arg: argument node (0: an integer)
+  kClnStop,   // c
+  kClnRun,    // c, x (0: the callable does not know it), arg; cap_ok: the argument was intact
+  kWeakMake,  // x: node, k: weak slot, off
+  kWeakVal    // x, k, off as made; y: Value() was non-nil; x_ok: what it returned was intact
 };
 
 // How a registration's finalizer behaves. kind 0: a stateful functor (can capture an object,
@@ -176,6 +203,7 @@ struct Event {
   std::uint64_t child[kChildren] = {};  // kFinRun: ids the finalizer found (~0: corrupt)
   std::uint32_t child_off[kChildren] = {};
   int size_kind = 0;
+  std::uint64_t c = 0, arg = 0;  // cleanups
 };
 
 struct Shared {
@@ -186,14 +214,25 @@ struct Shared {
   std::vector<gofin::Root<Node>> res;    // resurrection roots: only finalizers write them
   std::atomic<bool> final_mode{false};   // finalizers neither resurrect nor re-register
   std::atomic<std::uint64_t> next_g{1};
+  std::atomic<std::uint64_t> next_c{1};  // cleanup numbers
   std::uint64_t seed = 0;
+  // The handle of every cleanup not known to be finished, by cleanup number (under mu). A
+  // gofin::Cleanup holds no GC pointer.
+  std::unordered_map<std::uint64_t, gofin::Cleanup> cln_handles;
+  // kWeakSlots weak pointers, malloc'd and registered as a root range: a weak pointer is the
+  // address of its handle block, which only a scanned copy keeps alive once the object died.
+  // Slot w is written by the thread that owns it in the plan, read by the checker in between.
+  gofin::weak::Pointer<Node>* weak = nullptr;
   // With record_addrs, Execute notes every node's address here (under mu), so that FinalDrain
   // can reach the objects of finalizer cycles that nothing references, and release them.
   // malloc'd memory, which no collection scans: it keeps nothing alive.
   bool record_addrs = false;
   std::unordered_map<std::uint64_t, Node*> addrs;
 
-  Shared(int nroots) : roots(static_cast<std::size_t>(nroots)), res(kResSlots) {}
+  Shared(int nroots) : roots(static_cast<std::size_t>(nroots)), res(kResSlots) {
+    weak = new gofin::weak::Pointer<Node>[kWeakSlots];
+    gofin::AddRoots(weak, weak + kWeakSlots);
+  }
 
   // A spinning try_lock, not a blocking lock: under ThreadSanitizer a thread blocked inside
   // pthread_mutex_lock does not take gofin's stop signal (TSan defers asynchronous signals
@@ -335,10 +374,50 @@ inline void RegisterFinalizer(Node* x, std::uint64_t id, const Reg& r, Node* cap
   }
 }
 
-// Finalizers first: they may drop objects with destructors, never the other way round.
+// The body of every cleanup (they run concurrently on the cleanup threads): record which
+// cleanup ran and whether its argument node was intact. x: the object's id (0 for the plain
+// function, which only gets the cleanup number); arg: a pointer aoff bytes into node aid.
+inline void RunCleanup(std::uint64_t c, std::uint64_t x, const char* arg, std::uint64_t aid,
+                       std::uint32_t aoff) {
+  Event e;
+  e.kind = Ev::kClnRun;
+  e.thread = kClnThread;
+  e.x = x;
+  e.c = c;
+  e.arg = aid;
+  if (aid != 0) e.cap_ok = NodeOk(reinterpret_cast<const Node*>(arg - aoff), aid);
+  g_shared->Log(e);
+}
+
+// Callables of AddCleanup: they hold integers only (ids, not pointers: a callable that
+// closes over its object is misuse).
+struct ClnInt {
+  std::uint64_t x;
+  void operator()(std::uint64_t c) const { RunCleanup(c, x, nullptr, 0, 0); }
+};
+inline void ClnPlain(std::uint64_t c) { RunCleanup(c, 0, nullptr, 0, 0); }
+struct ClnArg {
+  std::uint64_t c, x, aid;
+  std::uint32_t aoff;
+  void operator()(char* a) const { RunCleanup(c, x, a, aid, aoff); }
+};
+
+// Finalizers first (they may drop objects with destructors, never the other way round), then
+// cleanups, then destructors; again until all three are quiet at once.
 inline bool Drain(std::chrono::seconds limit = std::chrono::seconds(120)) {
-  return gofin::testing::BlockUntilEmptyFinalizerQueue(limit) &&
-         gofin::testing::BlockUntilEmptyDestructorQueue(limit);
+  using gofin::testing::BlockUntilEmptyCleanupQueue;
+  using gofin::testing::BlockUntilEmptyDestructorQueue;
+  using gofin::testing::BlockUntilEmptyFinalizerQueue;
+  for (int round = 0; round < 16; ++round) {
+    if (!BlockUntilEmptyFinalizerQueue(limit) || !BlockUntilEmptyCleanupQueue(limit) ||
+        !BlockUntilEmptyDestructorQueue(limit))
+      return false;
+    const std::chrono::nanoseconds now{0};
+    if (BlockUntilEmptyFinalizerQueue(now) && BlockUntilEmptyCleanupQueue(now) &&
+        BlockUntilEmptyDestructorQueue(now))
+      return true;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,6 +434,24 @@ struct NState {
   Edge child[kChildren];
   Reg reg;
   int size_kind = 0;
+  std::vector<std::uint64_t> clns;  // numbers of its cleanups that are set or stopped
+};
+
+// A cleanup: set (or queued with its object alive in the log), stopped, or pending (its
+// object's destructor is in the log, its run not yet). Erased when it runs.
+enum class ClnSt : std::uint8_t { kSet, kStopped, kPending };
+struct Cln {
+  std::uint64_t x = 0;
+  std::uint64_t arg = 0;  // argument node, marked while set or pending; 0: an integer
+  ClnSt st = ClnSt::kSet;
+};
+
+// A weak slot: the node (and offset) of its weak pointer; cleared once the model saw the
+// object's finalizer run or its destructor.
+struct WeakEnt {
+  std::uint64_t id = 0;
+  std::uint32_t off = 0;
+  bool cleared = false;
 };
 
 class Model {
@@ -365,14 +462,25 @@ class Model {
   std::uint64_t watermark = 0;                      // ids below it are dead or frozen
   std::vector<std::uint64_t> roots;
   std::vector<std::uint64_t> res;
+  std::unordered_map<std::uint64_t, Cln> cleanups;  // by cleanup number
+  std::vector<WeakEnt> weak;                        // kWeakSlots
   bool final_mode = false;
   std::uint64_t seed = 0;
   std::vector<std::string> errors;
   std::string where;  // context for messages
   std::uint64_t finalizers_run = 0, destructors_run = 0;
+  std::uint64_t cleanups_run = 0, weak_checks = 0;
+  std::uint64_t exact_cycles = 0;  // ExactCycle calls so far
+  // For failure messages: the last cleanup whose argument each node was, and what became of
+  // it ('s' set, 'p' stopped, 'r' ran) at which exact cycle. Cleared by a final drain.
+  struct ArgNote {
+    std::uint64_t c = 0, x = 0, at = 0;
+    char how = 's';
+  };
+  std::unordered_map<std::uint64_t, ArgNote> arg_notes;
 
   Model(int nroots, std::uint64_t s)
-      : roots(static_cast<std::size_t>(nroots)), res(kResSlots), seed(s) {}
+      : roots(static_cast<std::size_t>(nroots)), res(kResSlots), weak(kWeakSlots), seed(s) {}
 
   void Fail(const std::string& msg) {
     if (errors.size() < 50) errors.push_back(where + ": " + msg);
@@ -420,6 +528,42 @@ class Model {
       if (e.id != id) MarkFrom(e.id);
     MarkFrom(r.cap);
   }
+  void AddCln(std::uint64_t c, std::uint64_t x, std::uint64_t arg) {
+    cleanups[c] = Cln{x, arg, ClnSt::kSet};
+    alive[x].clns.push_back(c);
+    if (arg != 0) arg_notes[arg] = ArgNote{c, x, exact_cycles, 's'};
+    MarkFrom(arg);
+  }
+  void StopCln(std::uint64_t c) {  // a set cleanup stops; anything else stays as it is
+    auto it = cleanups.find(c);
+    if (it == cleanups.end() || it->second.st != ClnSt::kSet) return;
+    it->second.st = ClnSt::kStopped;
+    if (it->second.arg != 0) stale_ = true;
+    NoteArg(it->second.arg, c, 'p');
+  }
+  void NoteArg(std::uint64_t arg, std::uint64_t c, char how) {
+    auto it = arg_notes.find(arg);
+    if (it == arg_notes.end() || it->second.c != c) return;
+    it->second.how = how;
+    it->second.at = exact_cycles;
+  }
+  void SetWeak(int w, std::uint64_t id, std::uint32_t off) {
+    weak[static_cast<std::size_t>(w)] = WeakEnt{id, off, false};
+  }
+  void ClearWeak(std::uint64_t id) {
+    for (WeakEnt& w : weak)
+      if (w.id == id) w.cleared = true;
+  }
+  // The argument nodes of x's set cleanups.
+  template <class F>
+  void ForArgs(const NState& n, F&& f) const {
+    for (std::uint64_t c : n.clns) {
+      auto it = cleanups.find(c);
+      if (it != cleanups.end() && it->second.st == ClnSt::kSet && it->second.arg != 0)
+        f(it->second.arg);
+    }
+  }
+
   // After a change to alive, roots or res that bypassed the helpers above.
   void Invalidate() {
     stale_ = true;
@@ -432,8 +576,9 @@ class Model {
     return it != alive.end() && it->second.reg.g != 0;
   }
 
-  // Go's mark: from the roots, the resurrection roots, and for every object with a finalizer
-  // what it references and what its callable captured (not the object itself). Ids that are
+  // Go's mark: from the roots, the resurrection roots, the argument of every cleanup that is
+  // set or queued, and for every object with a finalizer what it references and what its
+  // callable captured (not the object itself). Ids that are
   // referenced but not allocated (only after a violation) are in the set and mark nothing.
   const std::unordered_set<std::uint64_t>& Marked() {
     if (stale_) Recompute();
@@ -466,12 +611,38 @@ class Model {
       }
       if (n.reg.g && n.reg.cap == id) s += Fmt(" captured-by-finalizer-of %" PRIu64, pid);
     }
+    for (auto& [c, r] : cleanups) {
+      if (r.arg == id && r.st != ClnSt::kStopped)
+        s += Fmt(" argument-of-cleanup %" PRIu64 "-of-node %" PRIu64 "%s", c, r.x,
+                 r.st == ClnSt::kPending ? "(queued)" : "");
+    }
     auto it = alive.find(id);
     if (it != alive.end()) {
       const NState& n = it->second;
       s += Fmt(" | self: reg g=%" PRIu64 " kind=%d cap=%" PRIu64 " children=", n.reg.g, n.reg.kind,
                n.reg.cap);
       for (const Edge& e : n.child) s += Fmt("%" PRIu64 "+%u ", e.id, e.off);
+      for (std::uint64_t c : n.clns) {
+        auto ct = cleanups.find(c);
+        if (ct == cleanups.end()) continue;
+        s += Fmt(" cleanup %" PRIu64 "(%s, arg %" PRIu64 ")", c,
+                 ct->second.st == ClnSt::kSet ? "set" : "stopped", ct->second.arg);
+      }
+    }
+    for (std::size_t w = 0; w < weak.size(); ++w) {
+      if (weak[w].id == id)
+        s += Fmt(" weak[%zu]+%u%s", w, weak[w].off, weak[w].cleared ? "(cleared)" : "");
+    }
+    auto an = arg_notes.find(id);
+    if (an != arg_notes.end()) {
+      const ArgNote& a = an->second;
+      s += Fmt(" | last the argument of cleanup %" PRIu64 " of node %" PRIu64
+               ", which %s at exact cycle %" PRIu64 " (now %" PRIu64 ")",
+               a.c, a.x,
+               a.how == 'r'   ? "ran"
+               : a.how == 'p' ? "was stopped"
+                              : "was added",
+               a.at, exact_cycles);
     }
     return s.empty() ? std::string(" (nothing references it)") : s;
   }
@@ -524,6 +695,97 @@ class Model {
       case Ev::kDtor:
         Dtor(e);
         break;
+      case Ev::kClnAdd:
+        if (!Need(e.x, "AddCleanup target") || (e.arg != 0 && !Need(e.arg, "cleanup argument")))
+          break;
+        if (cleanups.count(e.c)) Fail(Fmt("cleanup number %" PRIu64 " added twice", e.c));
+        AddCln(e.c, e.x, e.arg);
+        break;
+      case Ev::kClnStop: {
+        auto it = cleanups.find(e.c);
+        if (it == cleanups.end() || it->second.st == ClnSt::kPending) {
+          Fail(Fmt("cleanup %" PRIu64 " %s while a mutator still held its object", e.c,
+                   it == cleanups.end() ? "ran" : "was queued (its object destroyed)"));
+          break;
+        }
+        StopCln(e.c);
+        break;
+      }
+      case Ev::kClnRun:
+        ClnRun(e);
+        break;
+      case Ev::kWeakMake:
+        if (Need(e.x, "weak::Make target")) SetWeak(static_cast<int>(e.k), e.x, e.off);
+        break;
+      case Ev::kWeakVal:
+        WeakVal(e);
+        break;
+    }
+  }
+
+  void ClnRun(const Event& e) {
+    ++cleanups_run;
+    auto it = cleanups.find(e.c);
+    if (it == cleanups.end()) {
+      Fail(
+          Fmt("cleanup %" PRIu64 " (node %" PRIu64
+              ") ran after Stop(), or twice, or was never added, or belongs to a node kept forever",
+              e.c, e.x));
+      return;
+    }
+    const Cln r = it->second;
+    if (e.x != 0 && e.x != r.x)
+      Fail(Fmt("cleanup %" PRIu64 " of node %" PRIu64 " ran as node %" PRIu64 "'s", e.c, r.x, e.x));
+    if (!e.cap_ok)
+      Fail(Fmt("the argument node %" PRIu64 " of cleanup %" PRIu64 " (node %" PRIu64
+               ") was freed or corrupt when it ran",
+               r.arg, e.c, r.x));
+    if (r.st == ClnSt::kStopped)
+      Fail(Fmt("stopped cleanup %" PRIu64 " of node %" PRIu64 " ran", e.c, r.x));
+    if (r.st == ClnSt::kSet) {  // its object's destructor is not in the log yet
+      auto n = alive.find(r.x);
+      if (n == alive.end()) {
+        Fail(Fmt("cleanup %" PRIu64 " ran for node %" PRIu64 ", which the model lost", e.c, r.x));
+      } else {
+        if (n->second.reg.g != 0) {
+          Fail(Fmt("cleanup %" PRIu64 " of node %" PRIu64 " ran while its finalizer g=%" PRIu64
+                   " was set or queued (the finalizer must run first, and the object be freed "
+                   "by a later cycle)",
+                   e.c, r.x, n->second.reg.g));
+        }
+        if (IsMarked(r.x)) {
+          Fail(Fmt("cleanup %" PRIu64 " ran for node %" PRIu64 " that is still reachable:%s", e.c,
+                   r.x, Explain(r.x).c_str()));
+        }
+        auto& v = n->second.clns;
+        v.erase(std::remove(v.begin(), v.end(), e.c), v.end());
+      }
+    }
+    if (r.arg != 0 && r.st != ClnSt::kStopped) stale_ = true;
+    NoteArg(r.arg, e.c, 'r');
+    cleanups.erase(e.c);
+  }
+
+  void WeakVal(const Event& e) {
+    ++weak_checks;
+    const WeakEnt& w = weak[e.k];
+    if (w.id != e.x || w.off != e.off) {
+      Fail(Fmt("harness: weak slot %u holds node %" PRIu64 "+%u, the mutator read %" PRIu64 "+%u",
+               e.k, w.id, w.off, e.x, e.off));
+      return;
+    }
+    if (e.y != 0) {
+      if (!e.x_ok)
+        Fail(Fmt("weak Value() of node %" PRIu64 " returned a freed or corrupt object", e.x));
+      if (w.cleared)
+        Fail(Fmt("weak Value() of node %" PRIu64
+                 " is non-nil after its finalizer ran or it was destroyed",
+                 e.x));
+      else if (!alive.count(e.x) && !frozen.count(e.x))
+        Fail(Fmt("weak Value() of destroyed node %" PRIu64 " is non-nil", e.x));
+    } else if (!w.cleared && (frozen.count(e.x) || IsMarked(e.x))) {
+      Fail(Fmt("weak Value() of node %" PRIu64 " is nil while the node is reachable:%s", e.x,
+               frozen.count(e.x) ? " kept forever by a finalizer cycle" : Explain(e.x).c_str()));
     }
   }
 
@@ -579,6 +841,7 @@ class Model {
                e.x, e.res_done, want_res, e.y != 0, want_rereg));
     }
     SetReg(e.x, Reg{});
+    ClearWeak(e.x);
     if (e.res_done >= 0) SetRes(e.res_done, e.x);
   }
 
@@ -605,9 +868,20 @@ class Model {
     }
     const bool was_marked = IsMarked(e.x);
     if (was_marked) Fail(Fmt("reachable node %" PRIu64 " destroyed:%s", e.x, Explain(e.x).c_str()));
-    // An unmarked, unregistered node marks nothing: the marked set stays as it is.
+    // An unmarked, unregistered node marks nothing: the marked set stays as it is (its set
+    // cleanups become queued ones and go on marking their arguments).
     if (was_registered || marked_.count(e.x) != 0) stale_ = true;
     ++paths_version_;
+    for (std::uint64_t c : it->second.clns) {
+      auto ct = cleanups.find(c);
+      if (ct == cleanups.end()) continue;
+      if (ct->second.st == ClnSt::kSet) {
+        ct->second.st = ClnSt::kPending;
+      } else if (ct->second.st == ClnSt::kStopped) {
+        cleanups.erase(ct);
+      }
+    }
+    ClearWeak(e.x);
     alive.erase(it);
     dead.insert(e.x);
   }
@@ -629,6 +903,7 @@ class Model {
   struct Prediction {
     std::set<std::uint64_t> fin;   // finalizers that must be queued (and run)
     std::set<std::uint64_t> dtor;  // objects that must be freed
+    std::set<std::uint64_t> cln;   // cleanups that must be queued (and run)
   };
   Prediction Predict() {
     Prediction p;
@@ -636,7 +911,14 @@ class Model {
     for (auto& [id, n] : alive) {
       if (m.count(id)) continue;
       (n.reg.g != 0 ? p.fin : p.dtor).insert(id);
+      if (n.reg.g != 0) continue;
+      for (std::uint64_t c : n.clns) {
+        auto it = cleanups.find(c);
+        if (it != cleanups.end() && it->second.st == ClnSt::kSet) p.cln.insert(c);
+      }
     }
+    for (auto& [c, r] : cleanups)  // queued before (none once the queues are drained)
+      if (r.st == ClnSt::kPending) p.cln.insert(c);
     return p;
   }
 
@@ -645,7 +927,10 @@ class Model {
   // objects (each cycle finalizes one link of a chain).
   //
   // The edges that keep things alive once no root is left: the children of every object, plus
-  // the capture of an object's own registered finalizer. A registered object's own pointers
+  // the capture of an object's own registered finalizer, plus the argument of each of its set
+  // cleanups (a root while the object lives; the object is stuck iff that argument reaches
+  // it back, i.e. lies in its component; each such object is one more link of a chain: the
+  // argument goes in the cycle after the object's). A registered object's own pointers
   // into itself are no path back to it (the collector skips them when it marks what the
   // object references); its callable's capture of itself is one (the callable is another
   // object). So a registered object reaches itself iff it captures itself or lies in a
@@ -671,7 +956,7 @@ class Model {
     }
     // Edges without self-loops (a self-capture is noted apart).
     std::vector<std::vector<int>> succ(n);
-    std::vector<char> self_cap(n, 0);
+    std::vector<char> self_cap(n, 0), arg_cln(n, 0);
     auto add = [&](std::size_t v, std::uint64_t to) {
       if (to == 0 || to == ids[v]) return;
       auto it = index.find(to);
@@ -679,6 +964,10 @@ class Model {
     };
     for (std::size_t v = 0; v < n; ++v) {
       for (const Edge& e : node[v]->child) add(v, e.id);
+      ForArgs(*node[v], [&](std::uint64_t a) {
+        add(v, a);
+        arg_cln[v] = 1;
+      });
       const Reg& r = node[v]->reg;
       if (r.g == 0) continue;
       add(v, r.cap);
@@ -733,8 +1022,16 @@ class Model {
     std::vector<char> stuck(n, 0);
     std::vector<int> todo;
     for (std::size_t v = 0; v < n; ++v) {
-      if (node[v]->reg.g != 0 &&
-          (self_cap[v] || comp_size[static_cast<std::size_t>(comp[v])] > 1)) {
+      bool seed =
+          node[v]->reg.g != 0 && (self_cap[v] || comp_size[static_cast<std::size_t>(comp[v])] > 1);
+      if (!seed && arg_cln[v]) {
+        ForArgs(*node[v], [&](std::uint64_t a) {
+          auto it = index.find(a);
+          if (it != index.end() && comp[static_cast<std::size_t>(it->second)] == comp[v])
+            seed = true;
+        });
+      }
+      if (seed) {
         stuck[v] = 1;
         todo.push_back(static_cast<int>(v));
       }
@@ -762,7 +1059,10 @@ class Model {
     for (std::size_t c = ncomp; c-- > 0;) {
       if (stuck[static_cast<std::size_t>(members[c][0])]) continue;
       int out = in[c];
-      for (int v : members[c]) out += node[static_cast<std::size_t>(v)]->reg.g != 0 ? 1 : 0;
+      for (int v : members[c]) {
+        out += node[static_cast<std::size_t>(v)]->reg.g != 0 ? 1 : 0;
+        out += arg_cln[static_cast<std::size_t>(v)];
+      }
       f.longest_chain = std::max(f.longest_chain, out);
       for (int v : members[c]) {
         for (int w : succ[static_cast<std::size_t>(v)]) {
@@ -793,6 +1093,8 @@ class Model {
     marked_.clear();
     for (auto id : roots) MarkFrom(id);
     for (auto id : res) MarkFrom(id);
+    for (auto& [c, r] : cleanups)
+      if (r.st != ClnSt::kStopped) MarkFrom(r.arg);
     for (auto& [id, n] : alive) {
       if (n.reg.g == 0) continue;
       // Its pointers into itself do not keep it alive (API.md).
@@ -827,19 +1129,86 @@ inline std::string SetDiff(const std::set<std::uint64_t>& a, const std::set<std:
   return s;
 }
 
+// Every weak slot against the model, exactly (the queues are drained and replayed): Value()
+// is non-nil iff the entry is not cleared, and then the node is intact.
+inline void CheckWeak(Model& m) {
+  Shared& s = *g_shared;
+  for (int w = 0; w < kWeakSlots; ++w) {
+    const WeakEnt& ent = m.weak[static_cast<std::size_t>(w)];
+    if (ent.id == 0) continue;
+    ++m.weak_checks;
+    void* v = s.weak[w].Value();
+    if ((v != nullptr) == !ent.cleared) {
+      if (v != nullptr &&
+          !NodeOk(reinterpret_cast<const Node*>(static_cast<char*>(v) - ent.off), ent.id))
+        m.Fail(Fmt("weak slot %d: Value() of node %" PRIu64 " returned a freed or corrupt object",
+                   w, ent.id));
+      continue;
+    }
+    m.Fail(Fmt("weak slot %d: Value() of node %" PRIu64 "+%u is %s, the model says %s%s", w, ent.id,
+               ent.off, v ? "non-nil" : "nil",
+               ent.cleared ? "cleared (finalizer ran or destroyed)" : "reachable:",
+               ent.cleared                 ? ""
+               : m.frozen.count(ent.id)    ? " kept forever by a finalizer cycle"
+               : m.alive.count(ent.id) > 0 ? m.Explain(ent.id).c_str()
+                                           : " (not in the model)"));
+  }
+}
+
+// Stop() on the handle of every cleanup that ran or was stopped on a destroyed node: Go says
+// it is harmless (the object's memory may hold another object with cleanups by now; the next
+// exact cycle would see one of theirs go missing).
+inline void StopFinished(Model& m) {
+  Shared& s = *g_shared;
+  std::vector<gofin::Cleanup> done;
+  {
+    Shared::Guard lock(s.mu);
+    for (auto it = s.cln_handles.begin(); it != s.cln_handles.end();) {
+      if (m.cleanups.count(it->first)) {
+        ++it;
+        continue;
+      }
+      done.push_back(it->second);
+      it = s.cln_handles.erase(it);
+    }
+  }
+  for (gofin::Cleanup& h : done) h.Stop();
+}
+
 // One collection with an exact prediction: which finalizers run and which destructors.
 inline void ExactCycle(Model& m) {
   // Whatever earlier (non-exact) collections queued must have run and been replayed first.
   if (!Drain()) m.Fail("the finalizer queue did not drain within 120 s before an exact cycle");
   m.ApplyAll(g_shared->Take());
+  ++m.exact_cycles;
   const Model::Prediction want = m.Predict();
   gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers);
   if (!Drain()) m.Fail("the finalizer queue did not drain within 120 s");
   const std::vector<Event> evs = g_shared->Take();
-  std::set<std::uint64_t> fin, dtor;
+  std::set<std::uint64_t> fin, dtor, cln;
   for (const Event& e : evs) {
     if (e.kind == Ev::kFinRun) fin.insert(e.x);
     if (e.kind == Ev::kDtor) dtor.insert(e.x);
+    if (e.kind == Ev::kClnRun) cln.insert(e.c);
+  }
+  if (cln != want.cln) {
+    std::string s = "exact cycle: cleanups differ from the model.";
+    const std::string missing = SetDiff(want.cln, cln), extra = SetDiff(cln, want.cln);
+    if (!missing.empty()) s += " Expected but did not run:" + missing;
+    if (!extra.empty()) s += " Ran but the model says not now:" + extra;
+    for (auto c : cln) {
+      if (want.cln.count(c)) continue;
+      auto it = m.cleanups.find(c);
+      if (it == m.cleanups.end()) break;
+      const auto n = m.alive.find(it->second.x);
+      s += Fmt(" [first extra %" PRIu64 ": node %" PRIu64 " %s, state %d, finalizer g=%" PRIu64
+               ":%s]",
+               c, it->second.x, m.Marked().count(it->second.x) ? "marked" : "unmarked",
+               static_cast<int>(it->second.st), n == m.alive.end() ? 0 : n->second.reg.g,
+               m.Explain(it->second.x).c_str());
+      break;
+    }
+    m.Fail(s);
   }
   if (fin != want.fin) {
     std::string s = "exact cycle: finalizers differ from the model.";
@@ -869,6 +1238,8 @@ inline void ExactCycle(Model& m) {
   }
   m.ApplyAll(evs);
   CollectViolations(m);
+  CheckWeak(m);
+  StopFinished(m);
 }
 
 // Walks the real graph from every root and compares it with the model: ids, canaries, edges.
@@ -914,6 +1285,33 @@ inline void CheckHeapGraph(Model& m) {
       stack.emplace_back(reinterpret_cast<const Node*>(static_cast<char*>(raw) - want.off),
                          want.id);
     }
+  }
+}
+
+// Stops the cleanups of node id whose argument is a node (what may keep it forever).
+inline void StopArgCleanups(Model& m, std::uint64_t id) {
+  Shared& s = *g_shared;
+  auto n = m.alive.find(id);
+  if (n == m.alive.end()) return;
+  std::vector<std::uint64_t> cs;
+  for (std::uint64_t c : n->second.clns) {
+    auto it = m.cleanups.find(c);
+    if (it != m.cleanups.end() && it->second.st == ClnSt::kSet && it->second.arg != 0)
+      cs.push_back(c);
+  }
+  for (std::uint64_t c : cs) {
+    gofin::Cleanup h;
+    {
+      Shared::Guard lock(s.mu);
+      auto it = s.cln_handles.find(c);
+      if (it == s.cln_handles.end()) {
+        m.Fail(Fmt("harness: no handle for cleanup %" PRIu64, c));
+        continue;
+      }
+      h = it->second;
+    }
+    h.Stop();
+    m.StopCln(c);
   }
 }
 
@@ -971,6 +1369,7 @@ inline int FinalDrain(Model& m, bool (*stop)() = nullptr,
         gofin::SetFinalizer(x, nullptr);
         m.SetReg(id, Reg{});
       }
+      for (auto id : fp.stuck) StopArgCleanups(m, id);
       if (m.errors.empty()) {
         ExactCycle(m);
         ++cycles;
@@ -978,12 +1377,23 @@ inline int FinalDrain(Model& m, bool (*stop)() = nullptr,
       if (m.errors.empty() && !m.alive.empty())
         m.Fail(Fmt("%zu nodes of released finalizer cycles were not freed", m.alive.size()));
     } else {
-      // Kept forever: drop them from the model; any later event for them is a failure.
+      // Kept forever: drop them from the model; any later event for them is a failure (their
+      // cleanups too: a cleanup number the model does not know must not run).
       for (auto id : fp.stuck) m.frozen.insert(id);
+      {
+        Shared::Guard lock(s.mu);
+        for (auto id : fp.stuck) {
+          for (std::uint64_t c : m.alive[id].clns) {
+            m.cleanups.erase(c);
+            s.cln_handles.erase(c);
+          }
+        }
+      }
       for (auto id : fp.stuck) m.alive.erase(id);
       m.Invalidate();
     }
     m.dead.clear();
+    m.arg_notes.clear();
     if (s.record_addrs) {
       Shared::Guard lock(s.mu);
       s.addrs.clear();  // everything allocated so far is dead or frozen
@@ -1018,7 +1428,11 @@ enum class OpKind : std::uint8_t {
   kRemoveFinNone,
   kVerify,
   kChurn,
-  kCollect
+  kCollect,
+  kAddCleanup,   // on a (at offset off; argument: c, or node b at arg_off)
+  kStopCleanup,  // cleanup c of node a (set, or stopped already: Stop again)
+  kWeakMake,     // of node a at offset off, into weak slot `slot`
+  kWeakCheck     // Value() of weak slot `slot` (node new_id at offset off)
 };
 
 struct Op {
@@ -1036,6 +1450,11 @@ struct Op {
   bool cap_self = false;
   Edge expect[kChildren];
   std::uint64_t churn = 0;
+  std::uint64_t c = 0;  // cleanup number
+  int cln_kind = 0;     // kAddCleanup: 0 functor (arg c), 1 function pointer (arg c), 2 node arg
+  std::uint32_t arg_off = 0;
+  int weak_expect = 0;  // kWeakCheck: 0 unknown (checked by the replay), 1 nil, 2 non-nil
+  int weak_old = 0;     // kWeakMake: 1 the slot holds an equal pointer, 2 one that must be nil
 };
 
 // Follows a path from a root, checking every node on the way. nullptr (and a violation) if
@@ -1308,6 +1727,127 @@ inline void LogSimple(Ev kind, int thread, std::uint64_t x, std::uint64_t y = 0,
     case OpKind::kCollect:
       gofin::GC();
       return true;
+    case OpKind::kAddCleanup: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      Node* arg = nullptr;
+      if (op.cln_kind == 2) {
+        arg = Navigate(op.b, thread);
+        if (arg == nullptr) return false;
+      }
+      char* p = reinterpret_cast<char*>(x) + op.off;
+      gofin::Cleanup h;
+      try {
+        if (op.cln_kind == 0) {
+          h = gofin::AddCleanup(p, ClnInt{op.a.Id()}, op.c);
+        } else if (op.cln_kind == 1) {
+          h = gofin::AddCleanup(p, &ClnPlain, op.c);
+        } else {
+          h = gofin::AddCleanup(p, ClnArg{op.c, op.a.Id(), op.b.Id(), op.arg_off},
+                                reinterpret_cast<char*>(arg) + op.arg_off);
+        }
+      } catch (const std::exception& ex) {
+        s.Violation(Fmt("thread %d: AddCleanup on node %" PRIu64 "+%u threw: %s", thread, op.a.Id(),
+                        op.off, ex.what()));
+        return false;
+      }
+      {
+        Shared::Guard lock(s.mu);
+        s.cln_handles[op.c] = h;
+      }
+      Event e;
+      e.kind = Ev::kClnAdd;
+      e.thread = thread;
+      e.x = op.a.Id();
+      e.c = op.c;
+      e.arg = op.cln_kind == 2 ? op.b.Id() : 0;
+      s.Log(e);
+      gofin::KeepAlive(x);
+      gofin::KeepAlive(arg);
+      return true;
+    }
+    case OpKind::kStopCleanup: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      gofin::Cleanup h;
+      {
+        Shared::Guard lock(s.mu);
+        auto it = s.cln_handles.find(op.c);
+        if (it == s.cln_handles.end()) {
+          s.violations.push_back(Fmt("harness: no handle for cleanup %" PRIu64, op.c));
+          return false;
+        }
+        h = it->second;
+      }
+      Event e;
+      e.kind = Ev::kClnStop;
+      e.thread = thread;
+      e.x = op.a.Id();
+      e.c = op.c;
+      s.Log(e);  // a removal: logged before it happens
+      h.Stop();
+      if (op.c % 4 == 0) h.Stop();  // twice: harmless
+      if (op.c % 8 == 1) gofin::Cleanup{}.Stop();
+      gofin::KeepAlive(x);
+      return true;
+    }
+    case OpKind::kWeakMake: {
+      Node* x = Navigate(op.a, thread);
+      if (x == nullptr) return false;
+      auto* p = reinterpret_cast<Node*>(reinterpret_cast<char*>(x) + op.off);
+      const gofin::weak::Pointer<Node> old = s.weak[op.slot];
+      const gofin::weak::Pointer<Node> wp = gofin::weak::Make(p);
+      if (wp.Value() != p) {
+        s.Violation(Fmt("thread %d: weak::Make of live node %" PRIu64 "+%u: Value() is not the "
+                        "pointer",
+                        thread, op.a.Id(), op.off));
+        return false;
+      }
+      if (op.weak_old == 1 && !(old == wp)) {
+        s.Violation(Fmt("thread %d: two weak::Make of live node %" PRIu64 "+%u compare unequal",
+                        thread, op.a.Id(), op.off));
+        return false;
+      }
+      if (op.weak_old == 2 && (old == wp || old.Value() != nullptr)) {
+        s.Violation(Fmt("thread %d: the weak pointer to node %" PRIu64
+                        " made before its finalizer ran is %s after the resurrection",
+                        thread, op.a.Id(), old == wp ? "equal to a new one" : "non-nil"));
+        return false;
+      }
+      s.weak[op.slot] = wp;
+      Event e;
+      e.kind = Ev::kWeakMake;
+      e.thread = thread;
+      e.x = op.a.Id();
+      e.k = static_cast<std::uint32_t>(op.slot);
+      e.off = op.off;
+      s.Log(e);
+      gofin::KeepAlive(x);
+      return true;
+    }
+    case OpKind::kWeakCheck: {
+      Node* v = s.weak[op.slot].Value();
+      Event e;
+      e.kind = Ev::kWeakVal;
+      e.thread = thread;
+      e.x = op.new_id;
+      e.k = static_cast<std::uint32_t>(op.slot);
+      e.off = op.off;
+      e.y = v != nullptr;
+      if (v != nullptr)
+        e.x_ok =
+            NodeOk(reinterpret_cast<const Node*>(reinterpret_cast<char*>(v) - op.off), op.new_id);
+      s.Log(e);
+      gofin::KeepAlive(v);
+      if ((op.weak_expect == 1 && v != nullptr) || (op.weak_expect == 2 && v == nullptr)) {
+        s.Violation(Fmt(
+            "thread %d: weak Value() of node %" PRIu64 " is %s; the node is %s", thread, op.new_id,
+            v ? "non-nil" : "nil",
+            op.weak_expect == 1 ? "reachable, but its finalizer ran since the Make" : "reachable"));
+        return false;
+      }
+      return true;
+    }
   }
   return true;
 }
@@ -1338,6 +1878,9 @@ class Planner {
   Planner(Model& m, Chooser& ch, std::vector<int> slots, std::uint64_t* next_id,
           PlanLimits lim = {})
       : m_(m), ch_(ch), slots_(std::move(slots)), next_id_(next_id), lim_(lim) {}
+
+  // The weak slots this planner's mutator owns (none: no weak pointer operations).
+  void SetWeakSlots(std::vector<int> w) { wslots_ = std::move(w); }
 
   bool Next(Op& op) {
     Refresh();
@@ -1460,8 +2003,90 @@ class Planner {
     return r;
   }
 
+  // Cleanups and weak pointers.
+  bool TryExtra(Op& op) {
+    const std::uint64_t r = ch_.Below(100);
+    if (r < 35) {  // AddCleanup
+      if (!PickNode(op.a)) return false;
+      const std::uint64_t x = op.a.Id();
+      NState& n = m_.alive[x];
+      if (n.clns.size() >= 6) return false;
+      op.kind = OpKind::kAddCleanup;
+      op.off = kInnerOffsets[ch_.Below(kNumInnerOffsets)];
+      op.cln_kind = static_cast<int>(ch_.Below(3));
+      std::uint64_t arg = 0;
+      if (op.cln_kind == 2) {
+        // Mostly something after x in BFS order; rarely anything (an ancestor that reaches x
+        // keeps x forever, and its cleanups never run).
+        const std::size_t pos = Pos(x);
+        std::size_t ap;
+        if (pos + 1 < order_.size() && ch_.Chance(93)) {
+          ap = pos + 1 + ch_.Below(order_.size() - pos - 1);
+        } else {
+          ap = ch_.Below(order_.size());
+        }
+        if (order_[ap] == x) {
+          op.cln_kind = 0;
+        } else {
+          op.b = PathAt(ap);
+          arg = op.b.Id();
+          op.arg_off = kInnerOffsets[ch_.Below(kNumInnerOffsets)];
+        }
+      }
+      op.c = g_shared->next_c.fetch_add(1);
+      m_.AddCln(op.c, x, arg);
+      return true;
+    }
+    if (r < 50) {  // Cleanup::Stop
+      if (!PickNode(op.a)) return false;
+      const NState& n = m_.alive[op.a.Id()];
+      if (n.clns.empty()) return false;
+      op.kind = OpKind::kStopCleanup;
+      op.c = n.clns[ch_.Below(n.clns.size())];
+      m_.StopCln(op.c);
+      return true;
+    }
+    if (wslots_.empty()) return false;
+    const int w = wslots_[ch_.Below(wslots_.size())];
+    const WeakEnt& cur = m_.weak[static_cast<std::size_t>(w)];
+    const bool cur_reached = cur.id != 0 && Pos(cur.id) < order_.size();
+    if (r < 75) {  // weak::Make: sometimes of what the slot holds already
+      op.kind = OpKind::kWeakMake;
+      op.slot = w;
+      if (cur_reached && ch_.Chance(40)) {
+        op.a = PathTo(cur.id);
+        op.off = cur.off;
+        op.weak_old = cur.cleared ? 2 : 1;
+      } else {
+        if (!PickNode(op.a)) return false;
+        if (ch_.Chance(40)) {  // rather a node whose finalizer resurrects it, if there is one
+          const std::size_t start = ch_.Below(order_.size());
+          for (std::size_t i = 0; i < order_.size(); ++i) {
+            const std::size_t pos = (start + i) % order_.size();
+            const Reg& reg = m_.alive[order_[pos]].reg;
+            if (reg.g != 0 && reg.kind == 0 && reg.res_slot >= 0) {
+              op.a = PathAt(pos);
+              break;
+            }
+          }
+        }
+        op.off = kInnerOffsets[ch_.Below(kNumInnerOffsets)];
+      }
+      m_.SetWeak(w, op.a.Id(), op.off);
+      return true;
+    }
+    if (cur.id == 0) return false;
+    op.kind = OpKind::kWeakCheck;
+    op.slot = w;
+    op.new_id = cur.id;
+    op.off = cur.off;
+    op.weak_expect = !cur_reached ? 0 : cur.cleared ? 1 : 2;
+    return true;
+  }
+
   bool Try(Op& op) {
     op = Op{};
+    if (ch_.Chance(14)) return TryExtra(op);
     const bool big = order_.size() > lim_.max_nodes;
     const std::uint64_t r = ch_.Below(100);
     if (r < (big ? 8u : 30u)) {  // allocate
@@ -1580,6 +2205,7 @@ class Planner {
   Model& m_;
   Chooser& ch_;
   std::vector<int> slots_;
+  std::vector<int> wslots_;
   std::uint64_t* next_id_;
   PlanLimits lim_;
   bool refreshed_ = false;

@@ -1,4 +1,5 @@
-// gofin_oracle: a seeded, model-based reliability driver for gofin's collector and finalizers.
+// gofin_oracle: a seeded, model-based reliability driver for gofin's collector, finalizers,
+// cleanups (AddCleanup, Cleanup::Stop) and weak pointers (weak::Make, Value()).
 //
 //   gofin_oracle [--seed S] [--ops N] [--threads T] [--seconds X] [--roots R] [--verbose]
 //
@@ -41,7 +42,7 @@ struct Options {
   int threads = 2;
   double seconds = -1;
   int roots = 24;
-  int round = 6;  // phases between final drains
+  int round = 6;     // phases between final drains
   int watchdog = 0;  // seconds without progress before aborting (0: 300, or 900 for long soaks)
   bool verbose = false;
 };
@@ -82,8 +83,10 @@ Options Parse(int argc, char** argv) {
       Usage();
     }
   }
-  if (!o.seed_given) o.seed = std::random_device{}() ^ (static_cast<std::uint64_t>(getpid()) << 32) ^
-                             static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  if (!o.seed_given)
+    o.seed =
+        std::random_device{}() ^ (static_cast<std::uint64_t>(getpid()) << 32) ^
+        static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   if (o.ops < 0 && o.seconds < 0) o.ops = 20000;
   return o;
 }
@@ -113,8 +116,10 @@ class Watchdog {
       cv_.wait_for(l, std::chrono::seconds(1));
       if (done_) return;
       if (std::chrono::steady_clock::now() - last_ > std::chrono::seconds(limit_)) {
-        std::fprintf(stderr, "gofin_oracle: FAILED seed=%llu: no progress for %d s (stuck in: %s); aborting\n",
-                     static_cast<unsigned long long>(seed_), limit_, what_);
+        std::fprintf(
+            stderr,
+            "gofin_oracle: FAILED seed=%llu: no progress for %d s (stuck in: %s); aborting\n",
+            static_cast<unsigned long long>(seed_), limit_, what_);
         std::fflush(stderr);
         std::abort();
       }
@@ -149,7 +154,12 @@ struct UnionFind {
 class Oracle {
  public:
   explicit Oracle(const Options& o)
-      : o_(o), model_(o.roots, o.seed), rng_(o.seed), watchdog_(o.seed, o.watchdog > 0 ? o.watchdog : o.seconds > 600 ? 900 : 300) {
+      : o_(o),
+        model_(o.roots, o.seed),
+        rng_(o.seed),
+        watchdog_(o.seed, o.watchdog > 0    ? o.watchdog
+                          : o.seconds > 600 ? 900
+                                            : 300) {
     oracle::g_shared = new oracle::Shared(o.roots);  // lives for the process
     oracle::g_shared->seed = o.seed;
     gofin::debug::SetGCPercent(-1);
@@ -159,7 +169,8 @@ class Oracle {
     const auto t0 = std::chrono::steady_clock::now();
     auto out_of_time = [&] {
       return o_.seconds >= 0 &&
-             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >= o_.seconds;
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() >=
+                 o_.seconds;
     };
     auto out_of_ops = [&] { return o_.ops >= 0 && ops_done_ >= o_.ops; };
     while (!out_of_time() && !out_of_ops()) {
@@ -176,14 +187,18 @@ class Oracle {
     const gofin::FinalizerStats fs = gofin::ReadFinalizerStats();
     std::printf(
         "gofin_oracle: OK seed=%llu phases=%d ops=%lld nodes=%llu finalizers=%llu destructors=%llu "
-        "exact-cycles=%llu final-drains=%d frozen=%zu NumGC=%llu (forced %llu) lib-finalizers=%llu/%llu "
+        "cleanups=%llu weak-checks=%llu exact-cycles=%llu final-drains=%d frozen=%zu NumGC=%llu "
+        "(forced %llu) lib-finalizers=%llu/%llu "
         "%.1fs\n",
         static_cast<unsigned long long>(o_.seed), phase_, ops_done_,
-        static_cast<unsigned long long>(next_id_ - 1), static_cast<unsigned long long>(model_.finalizers_run),
-        static_cast<unsigned long long>(model_.destructors_run), static_cast<unsigned long long>(exact_),
-        drains_, model_.frozen.size(), static_cast<unsigned long long>(ms.NumGC),
-        static_cast<unsigned long long>(ms.NumForcedGC), static_cast<unsigned long long>(fs.Executed),
-        static_cast<unsigned long long>(fs.Queued),
+        static_cast<unsigned long long>(next_id_ - 1),
+        static_cast<unsigned long long>(model_.finalizers_run),
+        static_cast<unsigned long long>(model_.destructors_run),
+        static_cast<unsigned long long>(model_.cleanups_run),
+        static_cast<unsigned long long>(model_.weak_checks),
+        static_cast<unsigned long long>(exact_), drains_, model_.frozen.size(),
+        static_cast<unsigned long long>(ms.NumGC), static_cast<unsigned long long>(ms.NumForcedGC),
+        static_cast<unsigned long long>(fs.Executed), static_cast<unsigned long long>(fs.Queued),
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return 0;
   }
@@ -192,7 +207,9 @@ class Oracle {
   bool Check() {
     oracle::CollectViolations(model_);
     if (model_.errors.empty()) return true;
-    std::fprintf(stderr, "gofin_oracle: FAILED seed=%llu threads=%d phase=%d ops=%lld (replay: --seed %llu --threads %d --ops %lld)\n",
+    std::fprintf(stderr,
+                 "gofin_oracle: FAILED seed=%llu threads=%d phase=%d ops=%lld (replay: --seed %llu "
+                 "--threads %d --ops %lld)\n",
                  static_cast<unsigned long long>(o_.seed), o_.threads, phase_, ops_done_,
                  static_cast<unsigned long long>(o_.seed), o_.threads, ops_done_);
     for (const auto& e : model_.errors) std::fprintf(stderr, "  violation: %s\n", e.c_str());
@@ -222,7 +239,10 @@ class Oracle {
       } else {
         const std::uint64_t c = uf.Find(id);
         auto it = owner.find(c);
-        if (it == owner.end()) it = owner.emplace(c, static_cast<int>(rng_.Below(static_cast<std::uint64_t>(o_.threads)))).first;
+        if (it == owner.end())
+          it =
+              owner.emplace(c, static_cast<int>(rng_.Below(static_cast<std::uint64_t>(o_.threads))))
+                  .first;
         t = it->second;
       }
       slots[static_cast<std::size_t>(t)].push_back(s);
@@ -231,6 +251,10 @@ class Oracle {
     long long planned = 0;
     for (int t = 0; t < o_.threads; ++t) {
       oracle::Planner p(plan, rng_, slots[static_cast<std::size_t>(t)], &next_id_);
+      // Weak slots: thread t owns those with w % threads == t (in every phase).
+      std::vector<int> wslots;
+      for (int w = t; w < oracle::kWeakSlots; w += o_.threads) wslots.push_back(w);
+      p.SetWeakSlots(std::move(wslots));
       const int n = 20 + static_cast<int>(rng_.Below(280));
       for (int i = 0; i < n; ++i) {
         Op op;
@@ -259,7 +283,8 @@ class Oracle {
             try {
               if (!oracle::Execute(op, t)) break;
             } catch (const std::exception& e) {
-              oracle::g_shared->Violation(oracle::Fmt("thread %d: unexpected exception: %s", t, e.what()));
+              oracle::g_shared->Violation(
+                  oracle::Fmt("thread %d: unexpected exception: %s", t, e.what()));
               break;
             }
           }
@@ -271,8 +296,10 @@ class Oracle {
     gofin::debug::SetMemoryLimit(INT64_MAX);
     ops_done_ += planned;
     watchdog_.Kick("settle");
-    model_.where = oracle::Fmt("phase %d (concurrent, %s)", phase_, limit ? "memory limit" : "low GC percent");
-    if (!oracle::Drain()) model_.Fail("the finalizer queue did not drain within 120 s after the mutators exited");
+    model_.where =
+        oracle::Fmt("phase %d (concurrent, %s)", phase_, limit ? "memory limit" : "low GC percent");
+    if (!oracle::Drain())
+      model_.Fail("the finalizer queue did not drain within 120 s after the mutators exited");
     // Settle: finishes the sweeps the automatic cycles left (they may still queue finalizers
     // and run destructors); everything is then in the log.
     gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers);
@@ -287,7 +314,9 @@ class Oracle {
         auto it = plan.alive.find(id);
         if (it == plan.alive.end()) continue;
         for (int k = 0; k < oracle::kChildren; ++k)
-          if (!(it->second.child[k] == n.child[k])) model_.Fail(oracle::Fmt("harness: node %llu edges differ from the plan", static_cast<unsigned long long>(id)));
+          if (!(it->second.child[k] == n.child[k]))
+            model_.Fail(oracle::Fmt("harness: node %llu edges differ from the plan",
+                                    static_cast<unsigned long long>(id)));
       }
     }
     if (!model_.errors.empty()) return;
@@ -304,8 +333,11 @@ class Oracle {
     if (o_.verbose) {
       std::size_t regd = 0;
       for (auto& [id, n] : model_.alive) regd += n.reg.g != 0;
-      std::fprintf(stderr, "phase %d: %lld ops, %llu automatic cycles, %zu live nodes (%zu with finalizers), %llu finalizers, %llu destructors\n",
-                   phase_, planned, static_cast<unsigned long long>(auto_cycles), model_.alive.size(), regd,
+      std::fprintf(stderr,
+                   "phase %d: %lld ops, %llu automatic cycles, %zu live nodes (%zu with "
+                   "finalizers), %llu finalizers, %llu destructors\n",
+                   phase_, planned, static_cast<unsigned long long>(auto_cycles),
+                   model_.alive.size(), regd,
                    static_cast<unsigned long long>(model_.finalizers_run),
                    static_cast<unsigned long long>(model_.destructors_run));
     }
@@ -374,6 +406,10 @@ class Oracle {
         order.push_back(e.id);
       }
     }
+    // Cleanups whose argument keeps their object forever: stopped through their handles.
+    for (std::uint64_t id : order) {
+      if (fp.stuck.count(id) && !rng_.Chance(25)) oracle::StopArgCleanups(model_, id);
+    }
     for (std::uint64_t id : order) {
       if (!fp.stuck.count(id) || !model_.Registered(id) || rng_.Chance(25)) continue;
       oracle::Node* x = oracle::Navigate(paths[id], oracle::kChecker);
@@ -394,7 +430,9 @@ class Oracle {
     exact_ += static_cast<std::uint64_t>(cycles);
     ++drains_;
     model_.watermark = next_id_;
-    if (o_.verbose) std::fprintf(stderr, "final drain after phase %d: %d cycles, %zu frozen\n", phase_, cycles, model_.frozen.size());
+    if (o_.verbose)
+      std::fprintf(stderr, "final drain after phase %d: %d cycles, %zu frozen\n", phase_, cycles,
+                   model_.frozen.size());
   }
 
   Options o_;
