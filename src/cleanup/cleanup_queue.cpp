@@ -12,6 +12,7 @@
 
 #include "gc/collector.hpp"
 #include "gc/marker.hpp"
+#include "gc/preemptible_mutex.hpp"
 #include "gc/stop_the_world.hpp"
 #include "gc/thread_registry.hpp"
 #include "gofin/finalizer.hpp"
@@ -71,7 +72,7 @@ void CleanupThread();
 // Starts another cleanup thread if the limit allows (Go: needG, createGs). Lock not held.
 void MaybeAddThread(CleanupQueue& q) {
   {
-    std::lock_guard lock(q.lock);
+    const PreemptibleLock lock(q.lock);
     if (q.threads >= MaxThreads()) return;
     ++q.threads;
   }
@@ -166,11 +167,11 @@ void CleanupThread() {
   for (;;) {
     CleanupBlock* b = nullptr;
     {
-      std::unique_lock lock(q.lock);
+      PreemptibleLock lock(q.lock);
       while ((b = TakeBlock(q)) == nullptr) {
         if (Drained(q)) q.idle.notify_all();
         q.sleeping.fetch_add(1, std::memory_order_relaxed);
-        q.wake.wait(lock);
+        q.wake.wait(lock.get());
         q.sleeping.fetch_sub(1, std::memory_order_relaxed);
       }
     }
@@ -181,7 +182,7 @@ void CleanupThread() {
     gofin_clear_stack(std::size_t{16} * 1024);
     // Counted once per block (BlockUntilEmptyCleanupQueue, ReadCleanupStats' Executed).
     q.executed.fetch_add(ran, std::memory_order_relaxed);
-    std::lock_guard lock(q.lock);
+    const PreemptibleLock lock(q.lock);
     LeaveBlock(q, b);
     if (Drained(q)) q.idle.notify_all();
   }
@@ -263,7 +264,7 @@ void StartCleanupThreads() {
   }
   CleanupQueue& q = Queue();
   {
-    std::lock_guard lock(q.lock);
+    const PreemptibleLock lock(q.lock);
     if (q.threads != 0) return;
     ++q.threads;
     g_have_thread.store(true, std::memory_order_release);
@@ -307,13 +308,13 @@ bool WaitForCleanupsFor(std::chrono::nanoseconds timeout) {
   CleanupQueue* q = g_queue.load(std::memory_order_acquire);
   if (q == nullptr) return true;
   const NoCancellation no_cancel;
-  std::unique_lock lock(q->lock);
-  return q->idle.wait_for(lock, timeout, [&] { return Drained(*q); });
+  PreemptibleLock lock(q->lock);
+  return q->idle.wait_for(lock.get(), timeout, [&] { return Drained(*q); });
 }
 
 std::uint64_t CleanupsQueued() {
   CleanupQueue& q = Queue();
-  std::lock_guard lock(q.lock);
+  const PreemptibleLock lock(q.lock);
   return q.queued;
 }
 
@@ -321,7 +322,7 @@ std::uint64_t CleanupsExecuted() { return Queue().executed.load(std::memory_orde
 
 std::uint64_t CleanupsPending() {
   CleanupQueue& q = Queue();
-  std::lock_guard lock(q.lock);
+  const PreemptibleLock lock(q.lock);
   return q.queued - q.executed.load(std::memory_order_relaxed);
 }
 

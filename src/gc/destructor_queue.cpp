@@ -15,6 +15,7 @@
 
 #include "gc/collector.hpp"
 #include "gc/marker.hpp"
+#include "gc/preemptible_mutex.hpp"
 #include "gc/stop_the_world.hpp"
 #include "gc/sweeper.hpp"
 #include "gc/thread_registry.hpp"
@@ -99,7 +100,7 @@ DtorQueue& Queue() { return PublishedOnce(g_queue); }
     n += cnt;
     DtorBlock* next = chain->next;
     {
-      std::lock_guard lock(q.lock);
+      const PreemptibleLock lock(q.lock);
       chain->ran = cnt;
       chain->next = q.destroyed;
       q.destroyed = chain;
@@ -135,15 +136,15 @@ void DestructorThread() {
   t_local.destructor_thread = true;
   DtorQueue& q = Queue();
   {
-    std::lock_guard lock(q.lock);
+    const PreemptibleLock lock(q.lock);
     q.registered = true;
   }
   q.idle.notify_all();
   for (;;) {
     DtorBlock* chain = nullptr;
     {
-      std::unique_lock lock(q.lock);
-      while (q.top == nullptr) q.wake.wait(lock);
+      PreemptibleLock lock(q.lock);
+      while (q.top == nullptr) q.wake.wait(lock.get());
       chain = q.top;
       q.top = nullptr;
     }
@@ -157,7 +158,7 @@ void DestructorThread() {
     // frames of the wait below were found holding a freed object's address, which then kept
     // the young object allocated in its slot through a minor cycle (ThreadSanitizer build).
     gofin_clear_stack(std::size_t{16} * 1024);
-    std::lock_guard lock(q.lock);
+    const PreemptibleLock lock(q.lock);
     q.done += n;
     if (q.done >= q.wake_at) {
       q.wake_at = UINT64_MAX;
@@ -174,11 +175,11 @@ bool WaitUntilRun(const Deadline& deadline) {
   DtorQueue* q = g_queue.load(std::memory_order_acquire);
   if (q == nullptr) return true;
   const NoCancellation no_cancel;
-  std::unique_lock lock(q->lock);
+  PreemptibleLock lock(q->lock);
   const std::uint64_t target = q->queued;
   while (q->done < target) {
     q->wake_at = std::min(q->wake_at, target);
-    if (!deadline(q->idle, lock)) return q->done >= target;
+    if (!deadline(q->idle, lock.get())) return q->done >= target;
   }
   return true;
 }
@@ -244,7 +245,7 @@ void StartDestructorThread() {
   DtorQueue& q = Queue();
   // acquire/release: a thread that sees true sees the thread created (or being created).
   if (q.started.load(std::memory_order_acquire)) return;
-  std::unique_lock lock(q.lock);
+  PreemptibleLock lock(q.lock);
   if (q.started.load(std::memory_order_relaxed)) return;
   q.registered = false;
   std::thread(DestructorThread).detach();
@@ -252,7 +253,7 @@ void StartDestructorThread() {
   // Registered before the collection that started it goes on, so that a program counting its
   // threads sees gofin's settled (the registration takes no lock the caller holds).
   const NoCancellation no_cancel;
-  q.idle.wait(lock, [&] { return q.registered; });
+  q.idle.wait(lock.get(), [&] { return q.registered; });
 }
 
 void ResetDestructorQueueAfterFork() {
@@ -304,7 +305,7 @@ std::uint64_t FreeDestroyed() {
   if (q == nullptr) return 0;
   FreeArgs args;
   {
-    std::lock_guard lock(q->lock);
+    const PreemptibleLock lock(q->lock);
     args.list = q->destroyed;
     q->destroyed = nullptr;
   }
@@ -312,7 +313,7 @@ std::uint64_t FreeDestroyed() {
   // The world is stopped and every cache flushed (no span is being allocated from); no lock
   // of the queue's is taken meanwhile (a stopped thread may hold it).
   WithWorldStopped(&FreeListWithWorldStopped, &args);
-  std::lock_guard lock(q->lock);
+  const PreemptibleLock lock(q->lock);
   DtorBlock* last = args.list;
   for (DtorBlock* b = args.list; b != nullptr; b = b->next) {
     b->ran = 0;
@@ -325,13 +326,13 @@ std::uint64_t FreeDestroyed() {
 
 std::uint64_t DestructorsQueued() {
   DtorQueue& q = Queue();
-  std::lock_guard lock(q.lock);
+  const PreemptibleLock lock(q.lock);
   return q.queued;
 }
 
 std::size_t DestructorsPending() {
   DtorQueue& q = Queue();
-  std::lock_guard lock(q.lock);
+  const PreemptibleLock lock(q.lock);
   return static_cast<std::size_t>(q.queued - q.done);
 }
 
