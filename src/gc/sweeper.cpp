@@ -81,8 +81,8 @@ void EndSweep() { g_heap.sweeps_in_flight.fetch_sub(1, std::memory_order_release
 void SweepOneClaimed(Span* s) { SweepSpan(s, /*preserve=*/false); }
 
 void BackgroundSweeper() {
-  // It sweeps (and runs destructors, which may allocate) only inside guards, during which no
-  // collection runs: it is never a mutator the collector must stop or scan.
+  // It sweeps (and queues destructors) only inside guards, during which no collection runs:
+  // it is never a mutator the collector must stop or scan.
   t_local.gc_internal = true;
   Background& b = Bg();
   std::uint64_t done = 0;

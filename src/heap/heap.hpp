@@ -92,9 +92,10 @@ namespace gofin::internal {
 
 // Go: acquirem around sweeping plus the sweep.active count that gcStart drains. While any
 // thread is inside a guard the world cannot be stopped, so a span taken off a central list,
-// swept (running C++ destructors, which are user code) and installed in a cache is never
-// caught half-way by a collection. Unlike a critical region, a guard may run user code; that
-// code must not wait for a collection (an allocation inside it does not start one).
+// swept and installed in a cache is never caught half-way by a collection. Unlike a critical
+// region, a guard may take locks that registered threads hold (the queues'); no user code
+// runs inside one (destructors run on the destructor thread), and nothing inside one waits
+// for a collection (an allocation inside it does not start one).
 class StwGuard {
  public:
   StwGuard() noexcept {

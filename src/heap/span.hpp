@@ -22,7 +22,8 @@ enum class SpanState : std::uint8_t {
   kInUse,  // holds heap objects
 };
 
-// A C++ destructor to run when the sweeper frees the object (count elements for arrays).
+// A C++ destructor to run once the sweep finds the object dead (count elements for arrays):
+// queued for the destructor thread (gc/destructor_queue.hpp).
 using DtorFn = void (*)(void* obj, std::size_t count);
 struct DtorSlot {
   DtorFn fn = nullptr;

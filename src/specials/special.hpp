@@ -116,9 +116,9 @@ Special* RemoveSpecialIf(const void* p, SpecialKind kind,
 // Calls fn(record, ctx) under the span's specials lock for the first record of `kind` at
 // exactly p, with the span swept; false (fn not called) when there is none.
 bool VisitSpecial(const void* p, SpecialKind kind, void (*fn)(Special* s, void* ctx), void* ctx);
-// True if p's slot holds no object: freed by an earlier sweep (a dangling pointer), or being
-// freed by the sweep this thread runs (a destructor touching a dead neighbour). Nothing may
-// be attached to it: the record would pass to the slot's next object.
+// True if p's slot holds no object: freed by an earlier sweep (a dangling pointer), or dead
+// and kept only for its queued destructor (a destructor touching a dead neighbour). Nothing
+// may be attached to it: the record would pass to the slot's next object.
 bool ObjectIsFree(const void* p);
 // True if the object at exactly p has a record of `kind`.
 bool HasSpecial(const void* p, SpecialKind kind);
