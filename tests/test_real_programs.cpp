@@ -23,6 +23,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -851,14 +852,17 @@ struct ListNode {
   asm volatile("" : : "r"(head) : "memory");
 }
 
-std::atomic<bool> g_release{false};
+std::mutex g_release_mu;
+std::condition_variable g_release_cv;
+bool g_release = false;  // under g_release_mu
 std::atomic<bool> g_blocking{false};
 struct Blocks {
-  // Blocks the destructor thread until released (bounded), in a loop the stop signal can
-  // interrupt like any other code.
+  // Blocks the destructor thread until released, at most 30 s: a bounded condition wait, in
+  // which the stop signal reaches the thread as anywhere else.
   ~Blocks() {
     g_blocking.store(true);
-    for (int i = 0; i < 30000 && !g_release.load(); ++i) usleep(1000);
+    std::unique_lock lock(g_release_mu);
+    g_release_cv.wait_for(lock, std::chrono::seconds(30), [] { return g_release; });
   }
   std::uint64_t pad[2] = {};
 };
@@ -917,7 +921,11 @@ TEST_F(RealPrograms, AutomaticCollectionsGoOnWhileADestructorBlocks) {
         }
         const bool ok = gofin::ReadMemStats().NumGC >= before + 5;
         if (!ok) std::fprintf(stderr, "no collection completed while the destructor blocked\n");
-        dtors::g_release.store(true);
+        {
+          const std::lock_guard lock(dtors::g_release_mu);
+          dtors::g_release = true;
+        }
+        dtors::g_release_cv.notify_all();
         gofin::GC();  // returns once the destructor did
         ChildExit(ok);
       },

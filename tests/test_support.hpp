@@ -4,11 +4,14 @@
 // would keep an object alive).
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <gofin/gofin.hpp>
+#include <initializer_list>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -103,5 +106,41 @@ class NoPacingEnvironment : public ::testing::Environment {
  private:
   int old_ = 100;
 };
+
+// A full collection that does not scan the test thread's stack: the test thread never holds a
+// GC pointer it relies on, so reachability is exact.
+inline void ExactGC() { gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers); }
+
+// One exact cycle, then every finalizer, cleanup and destructor it queued has run (each queue
+// waited for at most 30 s).
+inline void CycleAndDrain() {
+  using std::chrono::seconds;
+  ExactGC();
+  ASSERT_TRUE(gofin::testing::BlockUntilEmptyFinalizerQueue(seconds(30)))
+      << "the finalizer queue did not drain within 30 s";
+  ASSERT_TRUE(gofin::testing::BlockUntilEmptyCleanupQueue(seconds(30)))
+      << "the cleanup queue did not drain within 30 s";
+  ASSERT_TRUE(gofin::testing::BlockUntilEmptyDestructorQueue(seconds(30)))
+      << "the destructor queue did not drain within 30 s";
+}
+
+// Up to max_cycles cycles, until done() holds; returns done().
+template <class Done>
+bool CycleUntil(int max_cycles, Done done) {
+  for (int i = 0; i < max_cycles && !done(); ++i) CycleAndDrain();
+  return done();
+}
+
+// Addresses handed around without being roots travel XOR this mask (never a heap address).
+inline volatile std::uintptr_t g_mask = 0x5a5a000000000000ULL;
+inline std::uintptr_t Encode(const volatile void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) ^ g_mask;
+}
+
+inline int Load(const std::atomic<int>& a) { return a.load(); }
+
+inline void Zero(std::initializer_list<std::atomic<int>*> counters) {
+  for (std::atomic<int>* c : counters) c->store(0);
+}
 
 }  // namespace gofin_test

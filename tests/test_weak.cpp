@@ -48,34 +48,16 @@ using namespace std::chrono_literals;
 [[maybe_unused]] ::testing::Environment* const g_env =
     ::testing::AddGlobalTestEnvironment(new gofin_test::NoPacingEnvironment);
 
-void ExactGC() { gofin::testing::GC(gofin::testing::StackState::kNoHeapPointers); }
+using gofin_test::CycleAndDrain;
+using gofin_test::CycleUntil;
+using gofin_test::Encode;
+using gofin_test::ExactGC;
+using gofin_test::g_mask;
+using gofin_test::Load;
+using gofin_test::Zero;
 bool DrainFinalizers() { return gofin::testing::BlockUntilEmptyFinalizerQueue(30s); }
 bool DrainCleanups() { return gofin::testing::BlockUntilEmptyCleanupQueue(30s); }
 bool DrainDestructors() { return gofin::testing::BlockUntilEmptyDestructorQueue(30s); }
-
-void CycleAndDrain() {
-  ExactGC();
-  ASSERT_TRUE(DrainFinalizers()) << "the finalizer queue did not drain within 30 s";
-  ASSERT_TRUE(DrainCleanups()) << "the cleanup queue did not drain within 30 s";
-  ASSERT_TRUE(DrainDestructors()) << "the destructor queue did not drain within 30 s";
-}
-
-template <class Done>
-bool CycleUntil(int max_cycles, Done done) {
-  for (int i = 0; i < max_cycles && !done(); ++i) CycleAndDrain();
-  return done();
-}
-
-volatile std::uintptr_t g_mask = 0x5a5a000000000000ULL;
-std::uintptr_t Encode(const volatile void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) ^ g_mask;
-}
-
-int Load(const std::atomic<int>& a) { return a.load(); }
-
-void Zero(std::initializer_list<std::atomic<int>*> counters) {
-  for (std::atomic<int>* c : counters) c->store(0);
-}
 
 template <class T>
 [[gnu::noinline]] bool IsNil(const gofin::weak::Pointer<T>& w) {
