@@ -23,8 +23,10 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <gofin/gofin.hpp>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -742,4 +744,51 @@ TEST_F(Weak, MakeOnAFreedObjectThrows) {
       gofin::internal::g_heap.arenas.SpanOfHeap(reinterpret_cast<std::uintptr_t>(a)) == nullptr;
   ExpectMakeThrows(g_freed_addr[1].load(),
                    released ? "a freed object whose span was released" : "a freed slot");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weak pointers kept where the collector does not look
+// ---------------------------------------------------------------------------------------------
+
+namespace malloc_kept {
+
+struct Payload {
+  std::uint64_t v[3] = {1, 2, 3};
+};
+
+[[gnu::noinline]] void MakeAndDrop(std::vector<gofin::weak::Pointer<Payload>>* kept, int n) {
+  for (int i = 0; i < n; ++i) kept->push_back(gofin::weak::Make(gofin::New<Payload>()));
+}
+
+// Pointer-free 8-byte objects full of ones: any freed slot of that size class is taken and
+// overwritten.
+[[gnu::noinline]] void ChurnSmallNoScan(int n) {
+  for (int i = 0; i < n; ++i) {
+    void* p = gofin::detail::Malloc(8, gofin::detail::kAllocNoScan | gofin::detail::kAllocNoTiny,
+                                    nullptr, 0);
+    std::memset(p, 0xff, 8);
+  }
+}
+
+}  // namespace malloc_kept
+
+// A std::vector of weak pointers lives in malloc memory, which is not scanned (a cache keyed
+// by name, as real programs keep them): the weak pointers must stay valid, and nil, after their
+// objects died and the memory around them was reused.
+TEST(WeakKept, PointersInMallocMemoryStayNilAfterTheirObjectsDie) {
+  constexpr int kN = 2000;
+  auto kept = std::make_unique<std::vector<gofin::weak::Pointer<malloc_kept::Payload>>>();
+  kept->reserve(kN);
+  auto* raw = kept.get();
+  InThread([raw] { malloc_kept::MakeAndDrop(raw, kN); });
+  for (int i = 0; i < 3; ++i) CycleAndDrain();
+  InThread([] { malloc_kept::ChurnSmallNoScan(200000); });
+  for (int i = 0; i < 2; ++i) CycleAndDrain();
+  int non_nil = 0;
+  for (const auto& w : *kept) non_nil += w.Value() != nullptr ? 1 : 0;
+  EXPECT_EQ(non_nil, 0) << "weak pointers in malloc memory went non-nil after their objects died";
+  // Copies and equality still work on the cleared pointers.
+  const auto copy = (*kept)[0];
+  EXPECT_TRUE(copy == (*kept)[0]);
+  EXPECT_FALSE((*kept)[0] == (*kept)[1]);
 }

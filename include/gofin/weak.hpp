@@ -2,6 +2,7 @@
 // Weak pointers (Go 1.24+: package weak).
 #include <cstddef>
 #include <type_traits>
+#include <utility>
 
 namespace gofin::weak {
 
@@ -11,20 +12,37 @@ template <class T>
 Pointer<T> Make(T* p);
 
 namespace detail {
-// The handle of (object, offset): one word in a pointer-free GC block of its own that holds
-// the address until a collection finds the object unreachable, then zero. Immortal (outside
-// the heap) for a pointer outside the heap's arenas (a global, malloc'd memory).
+// The handle of (object, offset): off the GC heap, it holds the address until a collection
+// finds the object unreachable, then zero, and lives while the object's weak-handle record
+// or any Pointer refers to it (reference counted), so that a Pointer kept in memory the
+// collector does not scan (a std::map in malloc memory) stays valid. Returned with one
+// reference for the caller. Immortal for a pointer outside the heap's arenas (a global,
+// malloc'd memory).
 void* MakeHandle(const void* p);
+void RetainHandle(void* handle) noexcept;
+void ReleaseHandle(void* handle) noexcept;
 // The address a handle holds, exact against the sweeper; nullptr once it was cleared.
 void* HandleValue(void* handle) noexcept;
 }  // namespace detail
 
 // Go: weak.Pointer[T]. One word (the handle); copyable; == compares identity (the same object
-// and offset). A default Pointer is nil. It never keeps its object alive.
+// and offset). A default Pointer is nil. It never keeps its object alive, and may be kept
+// anywhere (also in memory the collector does not scan).
 template <class T>
 class Pointer {
  public:
   Pointer() = default;
+  Pointer(const Pointer& o) noexcept : handle_(o.handle_) {
+    if (handle_ != nullptr) detail::RetainHandle(handle_);
+  }
+  Pointer(Pointer&& o) noexcept : handle_(o.handle_) { o.handle_ = nullptr; }
+  Pointer& operator=(Pointer o) noexcept {
+    std::swap(handle_, o.handle_);
+    return *this;
+  }
+  ~Pointer() {
+    if (handle_ != nullptr) detail::ReleaseHandle(handle_);
+  }
   // The object, or nullptr once a collection found it unreachable (for an object with a
   // finalizer: in the cycle that queues the finalizer, and from then on, even if the
   // finalizer resurrects it).

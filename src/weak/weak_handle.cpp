@@ -2,14 +2,18 @@
 // internal_weak_runtime_registerWeakPointer, internal_weak_runtime_makeStrongFromWeak) and the
 // weak-handle special's behaviour at mark and sweep.
 //
-// A weak pointer is one word: the address of its handle, an 8-byte pointer-free GC block of its
-// own (never a tiny block, Go issue 76007) that holds the object's exact address (object and
-// offset). A weak-handle record on the object keeps the handle alive while the object lives
-// (markrootSpans marks it), so every Make of that address finds the same handle and weak
-// pointers compare by handle. The handle being pointer-free, it never keeps the object alive.
-// The sweep that finds the object dead zeroes the handle, and for an object with a finalizer
-// it does so in the cycle that queues the finalizer (before it runs). A pointer outside the
-// heap (a global) gets an immortal handle, one per address, that never goes nil.
+// A weak pointer is one word: the address of its handle, which holds the object's exact
+// address (object and offset). Go's handle is a GC object kept by the weak pointers that hold
+// it; a C++ program keeps weak pointers in memory the collector does not scan (a std::map of
+// them), so gofin's handle lives off the GC heap, reference counted by the weak-handle record
+// on the object and by every Pointer. The record makes every Make of that address find the
+// same handle, so weak pointers compare by handle; the handle never keeps the object alive.
+// The sweep that finds the object dead zeroes the handle and drops the record's reference,
+// and for an object with a finalizer it does so in the cycle that queues the finalizer
+// (before it runs). A pointer outside the heap (a global) gets an immortal handle, one per
+// address, that never goes nil.
+#include <pthread.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -23,7 +27,9 @@
 #include "gofin/error.hpp"
 #include "gofin/weak.hpp"
 #include "heap/central.hpp"
+#include "heap/fixalloc.hpp"
 #include "heap/heap.hpp"
+#include "heap/lock.hpp"
 #include "heap/malloc.hpp"
 #include "heap/safepoint.hpp"
 #include "specials/special.hpp"
@@ -32,18 +38,44 @@ namespace gofin::internal {
 
 namespace {
 
-std::atomic<std::uintptr_t>& Slot(void* handle) {
-  return *static_cast<std::atomic<std::uintptr_t>*>(handle);
+// Go: the *atomic.Uintptr of a weak handle, plus its references.
+struct WeakHandle {
+  std::atomic<std::uintptr_t> addr{0};
+  // The record's and every Pointer's; an immortal handle starts so high it never reaches 0.
+  std::atomic<std::uint32_t> refs{0};
+};
+constexpr std::uint32_t kImmortalRefs = 1U << 30;
+
+constinit SpinLock g_handles_lock;  // a critical region: also taken by sweeps, in guards
+constinit FixAlloc<WeakHandle> g_handles{};
+
+WeakHandle* NewHandle(std::uintptr_t addr, std::uint32_t refs) {
+  WeakHandle* h = nullptr;
+  {
+    const std::lock_guard lock(g_handles_lock);
+    h = g_handles.Alloc();  // metadata memory; bad_alloc only when the OS refuses
+  }
+  h->addr.store(addr, std::memory_order_relaxed);
+  h->refs.store(refs, std::memory_order_relaxed);
+  return h;
 }
 
-void MarkWeakHandleSpecial(Special* s, std::uintptr_t /*object_base*/, MarkWorker& w) {
-  w.MarkPointer(reinterpret_cast<std::uintptr_t>(static_cast<SpecialWeakHandle*>(s)->handle));
+void Release(WeakHandle* h) {
+  // acq_rel: the last release sees every use of the handle before it frees it.
+  if (h->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  const std::lock_guard lock(g_handles_lock);
+  g_handles.Free(h);
 }
+
+std::atomic<std::uintptr_t>& Slot(void* handle) { return static_cast<WeakHandle*>(handle)->addr; }
 
 // Go: the weak-handle case of freeSpecial. release: a Value() that reads zero after this
-// learns nothing more; relaxed would do, and release costs nothing on x86.
+// learns nothing more; relaxed would do, and release costs nothing on x86. Then the record's
+// reference goes.
 void WeakHandleDead(Special* s, void* /*p*/, std::size_t /*size*/) {
-  Slot(static_cast<SpecialWeakHandle*>(s)->handle).store(0, std::memory_order_release);
+  auto* h = reinterpret_cast<WeakHandle*>(static_cast<SpecialWeakHandle*>(s)->handle);
+  h->addr.store(0, std::memory_order_release);
+  Release(h);
 }
 
 constinit std::atomic<bool> g_ready{false};
@@ -53,19 +85,20 @@ void InitWeakOnce() {
   std::lock_guard lock(g_init_lock);
   if (g_ready.load(std::memory_order_relaxed)) return;
   SpecialKindOps ops;
-  ops.mark = &MarkWeakHandleSpecial;
   ops.object_dead = &WeakHandleDead;
   ops.dies_with_resurrection = true;
   RegisterSpecialKind(SpecialKind::kWeakHandle, ops);
+  // After fork(), in the child: the lock may be held by a thread that no longer exists.
+  pthread_atfork(nullptr, nullptr, [] { std::construct_at(&g_handles_lock); });
   InitSpecials();
   g_ready.store(true, std::memory_order_release);
 }
 
-// Immortal handles (Go 1.25: immortalWeakHandles): malloc memory, never freed, one per
-// address so that two Makes of a global compare equal.
+// Immortal handles (Go 1.25: immortalWeakHandles): never freed, one per address so that two
+// Makes of a global compare equal.
 struct Immortals {
   std::mutex lock;
-  std::unordered_map<std::uintptr_t, std::unique_ptr<std::atomic<std::uintptr_t>>> handles;
+  std::unordered_map<std::uintptr_t, WeakHandle*> handles;
 };
 
 Immortals& TheImmortals() {
@@ -76,13 +109,17 @@ Immortals& TheImmortals() {
 void* ImmortalHandle(std::uintptr_t p) {
   Immortals& im = TheImmortals();
   std::lock_guard lock(im.lock);
-  auto& h = im.handles[p];
-  if (h == nullptr) h = std::make_unique<std::atomic<std::uintptr_t>>(p);
-  return h.get();
+  WeakHandle*& h = im.handles[p];
+  if (h == nullptr) h = NewHandle(p, kImmortalRefs);
+  return h;
 }
 
+// Takes a reference for the caller under the span's specials lock, while the record's own
+// keeps the handle alive.
 void CopyHandle(Special* s, void* ctx) {
-  *static_cast<void**>(ctx) = static_cast<SpecialWeakHandle*>(s)->handle;
+  auto* h = reinterpret_cast<WeakHandle*>(static_cast<SpecialWeakHandle*>(s)->handle);
+  h->refs.fetch_add(1, std::memory_order_relaxed);
+  *static_cast<void**>(ctx) = h;
 }
 
 }  // namespace
@@ -114,23 +151,26 @@ void* MakeHandle(const void* p) {
   for (;;) {
     void* found = nullptr;
     if (VisitSpecial(p, SpecialKind::kWeakHandle, &CopyHandle, &found)) return found;
-    void* handle = ::gofin::detail::Malloc(
-        sizeof(std::uintptr_t), ::gofin::detail::kAllocNoScan | ::gofin::detail::kAllocNoTiny,
-        nullptr, 0);
-    Slot(handle).store(addr, std::memory_order_relaxed);
+    WeakHandle* handle = NewHandle(addr, 2);  // the record's reference and the caller's
     auto* s = static_cast<SpecialWeakHandle*>(NewSpecial(SpecialKind::kWeakHandle));
-    s->handle = static_cast<void**>(handle);
-    switch (AddSpecialToAllocated(p, s)) {
-      case AddResult::kAdded:
-        return handle;
-      case AddResult::kAlreadySet:
-        FreeSpecialRecord(s);
-        continue;  // the handle block is garbage
-      default:
-        FreeSpecialRecord(s);
-        throw gofin::Error("weak.Make: pointer not in allocated block");
-    }
+    s->handle = reinterpret_cast<void**>(handle);
+    const AddResult r = AddSpecialToAllocated(p, s);
+    if (r == AddResult::kAdded) return handle;
+    FreeSpecialRecord(s);
+    handle->refs.store(1, std::memory_order_relaxed);
+    Release(handle);
+    if (r == AddResult::kAlreadySet) continue;  // a racing Make added one first
+    throw gofin::Error("weak.Make: pointer not in allocated block");
   }
+}
+
+void RetainHandle(void* handle) noexcept {
+  // relaxed: the caller holds a reference already (a copy of a live Pointer).
+  static_cast<gofin::internal::WeakHandle*>(handle)->refs.fetch_add(1, std::memory_order_relaxed);
+}
+
+void ReleaseHandle(void* handle) noexcept {
+  gofin::internal::Release(static_cast<gofin::internal::WeakHandle*>(handle));
 }
 
 void* HandleValue(void* handle) noexcept {
