@@ -6,6 +6,7 @@
 // stacks are gone, so no stale word can keep anything alive) or in [[gnu::noinline]] helpers
 // followed by a stack clobber; "freed" is measured with destructor counters and MemStats.
 #include <gtest/gtest.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <chrono>
@@ -19,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "gc/thread_registry.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -508,6 +510,67 @@ TEST(Collector, MemStatsRelationsHold) {
   EXPECT_GE(m3.TotalAlloc, m2.TotalAlloc);
 }
 
+namespace {
+// 48-byte objects (a size class of its own), made and dropped on a short-lived thread.
+struct Obj48 {
+  std::uint64_t w[6];
+};
+[[gnu::noinline]] void Make48(int n) {
+  for (int i = 0; i < n; ++i) gofin::KeepAlive(gofin::New<Obj48>());
+}
+}  // namespace
+
+TEST(Collector, MemStatsPausesCPUFractionAndBySize) {
+  CollectClean();
+  const gofin::MemStats m0 = gofin::ReadMemStats();
+  ASSERT_GT(m0.NumGC, 0U);
+  // Go: the most recent cycle is at (NumGC+255)%256; its end is LastGC.
+  const std::size_t last0 = (m0.NumGC + 255) % 256;
+  EXPECT_GT(m0.PauseNs[last0], 0U);
+  EXPECT_EQ(m0.PauseEnd[last0], m0.LastGC);
+  EXPECT_EQ(m0.Lookups, 0U);
+  EXPECT_GT(m0.GCCPUFraction, 0.0);
+  EXPECT_LE(m0.GCCPUFraction, 1.0);
+
+  // Three more cycles fill the next three slots, in order, and their pauses add up to what
+  // PauseTotalNs grew by.
+  for (int i = 0; i < 3; ++i) CollectClean();
+  const gofin::MemStats m1 = gofin::ReadMemStats();
+  ASSERT_EQ(m1.NumGC, m0.NumGC + 3);
+  std::uint64_t sum = 0;
+  for (std::uint64_t k = m0.NumGC + 1; k <= m1.NumGC; ++k) {
+    const std::size_t slot = (k + 255) % 256;
+    EXPECT_GT(m1.PauseNs[slot], 0U) << "cycle " << k;
+    EXPECT_GE(m1.PauseEnd[slot], m1.PauseEnd[(k + 254) % 256]) << "cycle " << k;
+    sum += m1.PauseNs[slot];
+  }
+  EXPECT_EQ(m1.PauseTotalNs - m0.PauseTotalNs, sum);
+  EXPECT_EQ(m1.PauseEnd[(m1.NumGC + 255) % 256], m1.LastGC);
+  EXPECT_EQ(m1.PauseNs[last0], m0.PauseNs[last0]) << "an older slot was rewritten";
+
+  // BySize: Go's 61 classes with their sizes; the 48-byte objects (49 with New's padding
+  // byte) land in the smallest class that holds them, and their frees too once collected.
+  EXPECT_EQ(m1.BySize[0].Size, 0U);
+  for (std::size_t c = 1; c < 61; ++c) {
+    EXPECT_GT(m1.BySize[c].Size, m1.BySize[c - 1].Size);
+    EXPECT_GE(m1.BySize[c].Mallocs, m1.BySize[c].Frees);
+  }
+  EXPECT_EQ(m1.BySize[60].Size, 18432U) << "Go reports classes 0..60 only";
+  constexpr int kN = 5000;
+  InThread([] { Make48(kN); });
+  const gofin::MemStats m2 = gofin::ReadMemStats();
+  std::size_t grown = 0;
+  for (std::size_t c = 1; c < 61; ++c) {
+    if (m2.BySize[c].Mallocs - m1.BySize[c].Mallocs == static_cast<std::uint64_t>(kN)) grown = c;
+  }
+  ASSERT_NE(grown, 0U) << "no class counted the allocations";
+  EXPECT_GE(m2.BySize[grown].Size, sizeof(Obj48));
+  EXPECT_LT(m2.BySize[grown - 1].Size, sizeof(Obj48) + 1);
+  CollectClean();
+  const gofin::MemStats m3 = gofin::ReadMemStats();
+  EXPECT_GE(m3.BySize[grown].Frees - m2.BySize[grown].Frees, static_cast<std::uint64_t>(kN) - 16);
+}
+
 TEST(Collector, MemStatsStayConsistentUnderConcurrentAllocation) {
   Watchdog wd("MemStatsStayConsistentUnderConcurrentAllocation");
   static std::atomic<int> dtors{0};
@@ -576,4 +639,67 @@ TEST(Collector, SweeperThreadFramesAreNotRootsAfterDestructorsAllocate) {
   }
   const gofin::MemStats m = gofin::ReadMemStats();
   ExpectHeapRelations(m, "end");
+}
+
+// ---------------------------------------------------------------------------------------------
+// gofin's own threads start on a cleared stack
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+constexpr std::uintptr_t kStale = 0x5a5a5a5a00c0ffeeULL;
+constexpr std::size_t kFillWords = 2048;  // 16 KiB
+
+// Copies of kStale right below the caller's frame, as an exited thread's frames leave its
+// addresses there.
+[[gnu::noinline]] void FillStack() {
+  volatile std::uintptr_t words[kFillWords];
+  for (auto& w : words) w = kStale;
+}
+
+// The words of the 16 KiB below this frame that still hold kStale: the stack a frame called
+// from here would be built on. Read past the stack pointer on purpose (no sanitizer).
+std::atomic<int> g_stale_words{-1};
+std::atomic<std::uintptr_t> g_body_stack{0};
+__attribute__((noinline, no_sanitize("address", "thread"))) void CountStaleBelow() {
+  volatile char here = 0;
+  const auto top = reinterpret_cast<std::uintptr_t>(&here) & ~std::uintptr_t{7};
+  int stale = 0;
+  for (std::size_t i = 1; i <= kFillWords; ++i) {
+    if (*reinterpret_cast<volatile std::uintptr_t*>(top - i * 8) == kStale) ++stale;
+  }
+  g_body_stack.store(top);
+  g_stale_words.store(stale);
+}
+
+std::uintptr_t StackTopOfThisThread() {
+  pthread_attr_t attr;
+  void* lo = nullptr;
+  std::size_t size = 0;
+  if (pthread_getattr_np(pthread_self(), &attr) != 0) return 0;
+  pthread_attr_getstack(&attr, &lo, &size);
+  pthread_attr_destroy(&attr);
+  return reinterpret_cast<std::uintptr_t>(lo) + size;
+}
+}  // namespace
+
+// glibc gives a new thread the cached stack of a thread that exited, without zeroing it.
+// gofin's own threads (finalizer, cleanup, destructor, sweeper) wait scanned, in frames built
+// on that stack: slots those frames leave unwritten must not hold the old thread's pointers,
+// or every collection keeps their objects alive. RunGofinThread clears the stack below its
+// frame before the thread's body runs.
+TEST(GofinThreads, BodyRunsOnAClearedStack) {
+  std::uintptr_t old_top = 0;
+  std::thread([&old_top] {
+    old_top = StackTopOfThisThread();
+    FillStack();
+  }).join();
+  std::uintptr_t new_top = 0;
+  std::thread([&new_top] {
+    new_top = StackTopOfThisThread();
+    gofin::internal::RunGofinThread("gofin-test", &CountStaleBelow);
+  }).join();
+  if (new_top != old_top) GTEST_SKIP() << "glibc did not reuse the exited thread's stack";
+  ASSERT_GE(g_stale_words.load(), 0);
+  EXPECT_EQ(g_stale_words.load(), 0)
+      << "the body's stack still holds what the exited thread left there";
 }

@@ -15,6 +15,25 @@ struct MemStats {
       HeapReleased, HeapObjects, NextGC, LastGC, PauseTotalNs, NumGC, NumForcedGC;
   // gofin's addition: how many of the NumGC cycles were minor ones (debug::SetGenerational).
   std::uint64_t NumMinorGC;
+  // Circular buffers of the most recent 256 cycles: the time the world was stopped in each
+  // (every stop of the cycle added up) and when each ended (Unix ns). The most recent cycle is
+  // at [(NumGC + 255) % 256].
+  std::uint64_t PauseNs[256];   // NOLINT(modernize-avoid-c-arrays): Go's layout
+  std::uint64_t PauseEnd[256];  // NOLINT(modernize-avoid-c-arrays)
+  // The fraction of the CPU time available to the program since it started that the
+  // collector used (its stops, and the mark times the number of threads marking), 0..1.
+  double GCCPUFraction;
+  // Always 0, as in Go (pointer lookups are not counted).
+  std::uint64_t Lookups;
+  // Allocations per size class, as Go reports them: BySize[i] is class i (BySize[0] is
+  // unused), Size its object size in bytes, Mallocs and Frees cumulative counts. Tiny
+  // allocations (under 16 bytes, pointer-free) are counted in Mallocs and Frees above, not
+  // here; as in Go, the larger classes (over BySize[60].Size, 18 KiB) and large objects are
+  // not reported here.
+  struct SizeClassStats {
+    std::uint32_t Size;
+    std::uint64_t Mallocs, Frees;
+  } BySize[61];  // NOLINT(modernize-avoid-c-arrays)
 };
 MemStats ReadMemStats();
 

@@ -76,7 +76,7 @@ void MaybeAddThread(CleanupQueue& q) {
     if (q.threads >= MaxThreads()) return;
     ++q.threads;
   }
-  std::thread(CleanupThread).detach();
+  std::thread(RunGofinThread, "gofin-cleanup", &CleanupThread).detach();
 }
 
 // Claims and runs one entry of b; false when none is left. Its frame holds the box while the
@@ -269,7 +269,7 @@ void StartCleanupThreads() {
     ++q.threads;
     g_have_thread.store(true, std::memory_order_release);
   }
-  std::thread(CleanupThread).detach();
+  std::thread(RunGofinThread, "gofin-cleanup", &CleanupThread).detach();
 }
 
 void ResetCleanupQueueAfterFork() {

@@ -55,7 +55,7 @@ constinit std::atomic<bool> g_fing_alive{false};
 void StartFinalizerThread() {
   if (g_fing_alive.exchange(true, std::memory_order_acq_rel)) return;
   State().status.fetch_or(kFingCreated, std::memory_order_relaxed);
-  std::thread(RunFinalizers).detach();
+  std::thread(RunGofinThread, "gofin-finalizer", &RunFinalizers).detach();
 }
 
 // After fork(), in the child: the finalizer thread is gone (a finalizer it was running is

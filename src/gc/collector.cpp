@@ -3,6 +3,9 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -41,6 +44,10 @@ constinit std::atomic<std::uint64_t> g_num_forced{0};
 constinit std::atomic<std::uint64_t> g_pause_total{0};
 constinit std::atomic<std::uint64_t> g_last_gc{0};
 constinit std::atomic<std::uint64_t> g_gc_cpu_ns{0};
+// Written by the cycle (under GcLock) and read by ReadMemStats (under GcLock too, but also
+// without it from inside a guard): relaxed atomics.
+constinit std::array<std::atomic<std::uint64_t>, 256> g_pause_ns{};
+constinit std::array<std::atomic<std::uint64_t>, 256> g_pause_end{};
 
 PreemptibleMutex& GcLock() {
   static auto* m = new PreemptibleMutex();  // NOLINT: lives for the process
@@ -248,11 +255,14 @@ void RunCycle(void* arg, std::uintptr_t sp) {
     ReportCheckFinalizers();
   const std::uint64_t pause = t3 - t1;
   g_pause_total.fetch_add(pause, std::memory_order_relaxed);
-  g_last_gc.store(
+  const auto end_unix =
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                      std::chrono::system_clock::now().time_since_epoch())
-                                     .count()),
-      std::memory_order_relaxed);
+                                     .count());
+  g_last_gc.store(end_unix, std::memory_order_relaxed);
+  // Go: memstats.pause_ns[(numgc+255)%256] is the cycle just ended (numgc already counts it).
+  g_pause_ns[(n + 255) % 256].store(pause, std::memory_order_relaxed);
+  g_pause_end[(n + 255) % 256].store(end_unix, std::memory_order_relaxed);
   g_gc_cpu_ns.fetch_add(
       (t1 - t0) + (t2 - t1) * static_cast<std::uint64_t>(mark.workers) + (t3 - t2),
       std::memory_order_relaxed);
@@ -338,6 +348,22 @@ CycleCounters Counters() {
                        g_last_gc.load()};
 }
 
+void CopyPauses(std::uint64_t (&pause_ns)[256], std::uint64_t (&pause_end)[256]) {  // NOLINT
+  for (std::size_t i = 0; i < 256; ++i) {
+    pause_ns[i] = g_pause_ns[i].load(std::memory_order_relaxed);
+    pause_end[i] = g_pause_end[i].load(std::memory_order_relaxed);
+  }
+}
+
+double GCCPUFraction() {
+  const auto elapsed = static_cast<double>(NowNs());
+  const unsigned ncpu = std::max(1U, std::thread::hardware_concurrency());
+  if (elapsed <= 0) return 0;
+  const double f =
+      static_cast<double>(g_gc_cpu_ns.load(std::memory_order_relaxed)) / (elapsed * ncpu);
+  return std::min(f, 1.0);
+}
+
 void MaybeStartGC() {
   if (!MayCollectHere()) return;
   std::unique_lock lock(GcLock(), std::try_to_lock);
@@ -363,7 +389,7 @@ bool CollectForOOM() {
   return true;
 }
 
-void WithWorldStopped(void (*fn)(void*), void* arg) {
+void WithWorldStopped(void (*fn)(void*), void* arg, StopKind kind) {
   EnsureCollectorInitialized();
   RegisterThread();
   if (!MayCollectHere()) {
@@ -373,10 +399,19 @@ void WithWorldStopped(void (*fn)(void*), void* arg) {
     return;
   }
   std::lock_guard lock(GcLock());
+  const std::uint64_t t0 = NowNs();
   StopTheWorld();
   FlushAllCaches();
   fn(arg);
   StartTheWorld();
+  if (kind == StopKind::kCollectorWork) {
+    // The collector's own stop after its cycle (freeing destroyed objects): part of the most
+    // recent cycle's pause, as Go adds up every stop of a cycle.
+    const std::uint64_t pause = NowNs() - t0;
+    g_pause_total.fetch_add(pause, std::memory_order_relaxed);
+    const std::uint64_t n = g_num_gc.load(std::memory_order_relaxed);
+    if (n != 0) g_pause_ns[(n + 255) % 256].fetch_add(pause, std::memory_order_relaxed);
+  }
 }
 
 }  // namespace gofin::internal

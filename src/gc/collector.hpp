@@ -24,12 +24,20 @@ struct CycleCounters {
 };
 CycleCounters Counters();
 
+// Go: memstats.pause_ns / pause_end, the last 256 cycles' stopped time and end, and the
+// collector's CPU time since the program started (Go: gcController's GC CPU).
+void CopyPauses(std::uint64_t (&pause_ns)[256], std::uint64_t (&pause_end)[256]);  // NOLINT
+double GCCPUFraction();
+
 // The low end of the calling thread's stack segment that holds sp (its own stack, its
 // SetCurrentStack segment or its alternate signal stack), or sp when gofin does not know it.
 std::uintptr_t CurrentStackLow(std::uintptr_t sp);
 
 // Stops the world for a consistent read (ReadMemStats); runs fn with the world stopped and
 // every thread cache flushed.
-void WithWorldStopped(void (*fn)(void*), void* arg);
+// kCollectorWork counts the stop as the most recent cycle's pause (MemStats::PauseNs); a stop
+// to read counters does not count, as in Go.
+enum class StopKind { kRead, kCollectorWork };
+void WithWorldStopped(void (*fn)(void*), void* arg, StopKind kind = StopKind::kRead);
 
 }  // namespace gofin::internal

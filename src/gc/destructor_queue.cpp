@@ -248,7 +248,7 @@ void StartDestructorThread() {
   PreemptibleLock lock(q.lock);
   if (q.started.load(std::memory_order_relaxed)) return;
   q.registered = false;
-  std::thread(DestructorThread).detach();
+  std::thread(RunGofinThread, "gofin-dtor", &DestructorThread).detach();
   q.started.store(true, std::memory_order_release);
   // Registered before the collection that started it goes on, so that a program counting its
   // threads sees gofin's settled (the registration takes no lock the caller holds).
@@ -312,7 +312,7 @@ std::uint64_t FreeDestroyed() {
   if (args.list == nullptr) return 0;
   // The world is stopped and every cache flushed (no span is being allocated from); no lock
   // of the queue's is taken meanwhile (a stopped thread may hold it).
-  WithWorldStopped(&FreeListWithWorldStopped, &args);
+  WithWorldStopped(&FreeListWithWorldStopped, &args, StopKind::kCollectorWork);
   const PreemptibleLock lock(q->lock);
   DtorBlock* last = args.list;
   for (DtorBlock* b = args.list; b != nullptr; b = b->next) {

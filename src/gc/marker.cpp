@@ -475,7 +475,10 @@ void InitMarkWorkers(int nworkers) {
   WorkerPool& p = Pool();
   std::lock_guard lock(p.lock);
   while (p.threads < nworkers - 1) {
-    std::thread(WorkerThread, p.threads + 1).detach();
+    std::thread([id = p.threads + 1] {
+      (void)pthread_setname_np(pthread_self(), "gofin-mark");
+      WorkerThread(id);
+    }).detach();
     ++p.threads;
   }
 }

@@ -1,5 +1,6 @@
 // Go: ReadMemStats (mstats.go). Read with the world stopped and every cache flushed, so the
 // counters agree with each other.
+#include <iterator>
 #include <mutex>
 
 #include "gc/collector.hpp"
@@ -54,6 +55,14 @@ MemStats ReadMemStats() {
         out.NumGC = cc.num_gc;
         out.NumForcedGC = cc.num_forced_gc;
         out.NumMinorGC = MinorCycles();
+        CopyPauses(out.PauseNs, out.PauseEnd);
+        out.GCCPUFraction = GCCPUFraction();
+        out.Lookups = 0;
+        for (std::size_t c = 0; c < std::size(out.BySize) && c < kNumSizeClasses; ++c) {
+          out.BySize[c].Size = kClassToSize[c];
+          out.BySize[c].Mallocs = g_heap.nmalloc_small[c].load(std::memory_order_relaxed);
+          out.BySize[c].Frees = g_heap.nfree_small[c].load(std::memory_order_relaxed);
+        }
       },
       &m);
   return m;

@@ -1,3 +1,4 @@
+#include "gc/thread_registry.hpp"
 #include "gc/sweeper.hpp"
 
 #include <bit>
@@ -277,7 +278,7 @@ void WakeBackgroundSweeper() {
   Background& b = Bg();
   std::lock_guard lock(b.lock);
   if (!b.started) {
-    std::thread(BackgroundSweeper).detach();
+    std::thread(RunGofinThread, "gofin-sweep", &BackgroundSweeper).detach();
     b.started = true;
   }
   ++b.requested;

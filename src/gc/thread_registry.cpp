@@ -274,6 +274,15 @@ ThreadCache* AttachCurrentThread() {
   return t_local.cache;
 }
 
+[[gnu::noinline]] void RunGofinThread(const char* name, void (*body)()) {
+  (void)pthread_setname_np(pthread_self(), name);
+  // Below this frame, where body's frames go. 32 KiB covers the depth at which each thread
+  // waits; a finalizer or cleanup running deeper writes its own frames, and the threads clear
+  // what those leave after each run.
+  gofin_clear_stack(std::size_t{32} * 1024);
+  body();
+}
+
 }  // namespace gofin::internal
 
 namespace gofin::detail {

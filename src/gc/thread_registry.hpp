@@ -83,4 +83,11 @@ void CurrentStack(std::uintptr_t& lo, std::uintptr_t& hi) noexcept;
 // After fork(), in the child: only the forking thread exists.
 void ResetRegistryAfterFork();
 
+// The body of each of gofin's own threads (finalizer, cleanup, destructor, sweeper), run
+// named for top and gdb ("gofin-sweep"; 15 characters at most) and on a cleared stack. glibc
+// gives a new thread the cached stack of one that exited, not zeroed: the slots that this
+// thread's frames leave unwritten would still hold the old thread's GC pointers, and every
+// collection that scans this thread while it waits would keep those objects alive.
+void RunGofinThread(const char* name, void (*body)());
+
 }  // namespace gofin::internal
