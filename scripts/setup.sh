@@ -3,7 +3,7 @@
 # runs it before `make run`, `make test` and the others, and .ci/run before CI's steps, so
 # that a fresh machine needs nothing but the two commands of the README.
 #
-#   scripts/setup.sh run|test|bench|ci
+#   scripts/setup.sh run|test|bench|docs|ci
 #
 # As root it runs `apt-get update` and `apt-get install` for what is missing; otherwise it
 # prints the exact command to run and fails. GOFIN_NO_SETUP=1 skips it (a machine set up by
@@ -15,14 +15,16 @@ what=${1:-test}
 
 run=(build-essential cmake ninja-build)
 test=("${run[@]}" libgtest-dev libgmock-dev googletest pkg-config)
-bench=("${test[@]}" libbenchmark-dev libgc-dev)
+bench=("${test[@]}" libbenchmark-dev libgc-dev gnuplot-nox)
+docs=(doxygen)
 ci=("${bench[@]}" clang libclang-rt-14-dev)
 case $what in
   run) packages=("${run[@]}") ;;
   test) packages=("${test[@]}") ;;
   bench) packages=("${bench[@]}") ;;
+  docs) packages=("${docs[@]}") ;;
   ci) packages=("${ci[@]}") ;;
-  *) echo "usage: $0 run|test|bench|ci" >&2; exit 2 ;;
+  *) echo "usage: $0 run|test|bench|docs|ci" >&2; exit 2 ;;
 esac
 
 if ! command -v dpkg >/dev/null 2>&1; then
