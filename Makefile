@@ -11,6 +11,7 @@
 #   make bench      build release, run every bench/bench_* (and bench/compare/run.sh)
 #   make soak       run the oracle soak test for $(SECONDS) seconds
 #   make install    build release, install into $(PREFIX) (default /usr/local)
+#   make docs       the HTML API reference (Doxygen) in build/docs/html/index.html
 #   make format     clang-format -i on all sources
 #   make tidy       clang-tidy over src/ (uses build/release/compile_commands.json)
 #   make clean      remove build/
@@ -34,12 +35,19 @@ TSAN_WRAP := $(shell setarch $$(uname -m) -R true >/dev/null 2>&1 && echo "setar
 SETUP := bash scripts/setup.sh
 PREFIX ?= /usr/local
 
-.PHONY: all build configure run test install debug asan tsan bench soak format tidy clean help
+.PHONY: all build configure run test install debug asan tsan bench soak format tidy clean help docs
 
 all: build
 
 help:
-	@sed -n '1,/^$$/p' Makefile
+	@sed -n '4,/^$$/s/^# \{0,1\}//p' Makefile
+
+# The API reference: the public headers and the guides (docs/*.md, README.md as the main page).
+docs:
+	@$(SETUP) docs
+	@mkdir -p build/docs
+	doxygen docs/Doxyfile
+	@echo "API reference: $(CURDIR)/build/docs/html/index.html"
 
 configure:
 	@$(SETUP) test
