@@ -11,7 +11,10 @@
 #     <build-dir>/bench/compare, with GOTOOLCHAIN=local and GOPROXY=off (no downloads);
 #   - runs every workload once per implementation, each under `timeout 300`;
 #   - prints one table per workload: each implementation's numbers and the ratios
-#     gofin/bdwgc and gofin/go (for times: > 1 means gofin is slower).
+#     gofin/bdwgc and gofin/go (for times: > 1 means gofin is slower);
+#   - draws a chart of each workload's headline metric relative to gofin with plot.sh
+#     (gnuplot) into <build-dir>/bench/compare/compare.svg (skipped with a note when gnuplot
+#     is not installed).
 #
 # Environment:
 #   GOFIN_COMPARE_BIG=1     also run the pause workload with 1 GiB live (default 256 MiB only)
@@ -23,6 +26,7 @@
 #   GOFIN_COMPARE_NOBUILD=1 do not build the C++ targets (use what is in build-dir)
 #   GOFIN_COMPARE_JOBS=2    parallel jobs of that build
 #   GO=/path/to/go          the Go toolchain (default: `command -v go`, else Go 1.19's)
+#   GOFIN_COMPARE_SVG=path  also copy the chart there (e.g. docs/figures/compare.svg)
 #
 # Raw program output: <build-dir>/bench/compare/logs/.
 set -u -o pipefail
@@ -43,8 +47,17 @@ rm -rf "$LOGS"
 mkdir -p "$LOGS"
 RESULTS=$LOGS/results.txt     # <workload> <config> <impl> <metric> <value> <unit>
 STATUS=$LOGS/status.txt       # <workload> <config> <impl> <status> <log>
+META=$LOGS/meta.txt           # key=value: date, nproc, cpu, go, bdwgc (the chart's title)
+SVG=$OUT/compare.svg
 : >"$RESULTS"
 : >"$STATUS"
+rm -f "$SVG"
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -n 1)"
+  echo "bdwgc=$(pkg-config --modversion bdw-gc 2>/dev/null)"
+} >"$META"
 
 TIMEOUT_S=${GOFIN_COMPARE_TIMEOUT:-300}
 DEPTH=${GOFIN_COMPARE_DEPTH:-18}
@@ -85,13 +98,21 @@ if [[ -f $BUILD/CMakeCache.txt && ${GOFIN_COMPARE_NOBUILD:-0} != 1 ]]; then
   esac
   # Only targets that exist in this tree (gofin ones are skipped when gofin::gofin is absent).
   present=()
-  all_targets=$(cmake --build "$BUILD" --target help 2>/dev/null)
-  for t in "${CXX_TARGETS[@]}"; do
-    if grep -qw -- "$t" <<<"$all_targets"; then present+=("$t"); fi
-  done
-  if ((${#present[@]} == 0)); then
-    echo "note: no compare_* targets in $BUILD (was bench/compare added to the CMake project?)"
+  if ! all_targets=$(cmake --build "$BUILD" --target help 2>&1); then
+    # Typically a re-configure that failed: the list is not to be trusted.
+    printf '%s\n' "$all_targets" >"$LOGS/cmake-build.log"
+    echo "note: cmake could not list the targets of $BUILD (configure failed?); using the" \
+      "compare_* executables already built; see $LOGS/cmake-build.log (tail below)"
+    tail -n 8 "$LOGS/cmake-build.log" | sed 's/^/    /'
   else
+    for t in "${CXX_TARGETS[@]}"; do
+      if grep -qw -- "$t" <<<"$all_targets"; then present+=("$t"); fi
+    done
+    if ((${#present[@]} == 0)); then
+      echo "note: no compare_* targets in $BUILD (was bench/compare added to the CMake project?)"
+    fi
+  fi
+  if ((${#present[@]} > 0)); then
     echo "building ${present[*]} ..."
     if ! cmake --build "$BUILD" --target "${present[@]}" -j "$JOBS" "${keep_going[@]}" \
       >"$LOGS/cmake-build.log" 2>&1; then
@@ -125,7 +146,10 @@ if [[ -x $GO ]]; then
       rm -f "$OUT/go-bin/$w"
     fi
   done
-  echo "go: $("$GO" version 2>/dev/null) ($GO)"
+  GO_VERSION=$("$GO" version 2>/dev/null)
+  echo "go: $GO_VERSION ($GO)"
+  GO_VERSION=${GO_VERSION#go version }
+  echo "go=${GO_VERSION%% *}" >>"$META"
 else
   GO_NOTE="Go not found at $GO: Go column skipped"
   echo "note: $GO_NOTE"
@@ -352,5 +376,23 @@ echo "raw output: $LOGS"
 if awk '$4 != "ok" && $4 != "SKIPPED" { bad = 1 } END { exit !bad }' "$STATUS"; then
   echo "some runs did not succeed:"
   awk '$4 != "ok" && $4 != "SKIPPED" { printf "   %s %s %s: %s\n", $1, $2, $3, $4 }' "$STATUS"
+fi
+
+# ------------------------------------------------------------------ chart
+if [[ ! -s $RESULTS ]]; then
+  echo "chart: no results, so no chart"
+elif ! command -v "${GNUPLOT:-gnuplot}" >/dev/null 2>&1; then
+  echo "note: gnuplot is not installed (apt-get install gnuplot-nox, or scripts/setup.sh bench): no chart"
+elif bash "$HERE/plot.sh" "$RESULTS" "$SVG" >"$LOGS/plot.log" 2>&1; then
+  echo "chart: $SVG"
+  if [[ -n ${GOFIN_COMPARE_SVG:-} ]]; then
+    if mkdir -p "$(dirname "$GOFIN_COMPARE_SVG")" && cp "$SVG" "$GOFIN_COMPARE_SVG"; then
+      echo "chart copied to $GOFIN_COMPARE_SVG"
+    else
+      echo "note: could not copy the chart to $GOFIN_COMPARE_SVG"
+    fi
+  fi
+else
+  echo "note: plot.sh failed, no chart; see $LOGS/plot.log"
 fi
 exit 0
