@@ -75,9 +75,10 @@ std::uintptr_t HideAddress(const void* p) noexcept;
 template <class T, class F, class S>
 Cleanup AddCleanup(T* ptr, F&& cleanup, S arg, const SourceLocation& where) {
   using Fn = std::decay_t<F>;
+  static_assert(!std::is_integral_v<Fn> && !std::is_same_v<Fn, std::nullptr_t>,
+                "gofin::AddCleanup: the cleanup is null (NULL, 0 or nullptr): pass a callable");
   static_assert(std::is_invocable_v<Fn&, S&>,
                 "gofin::AddCleanup: the cleanup must be callable with the argument's type S");
-  static_assert(!std::is_same_v<Fn, std::nullptr_t>, "gofin::AddCleanup: the cleanup is null");
   if (ptr == nullptr) throw Error("runtime.AddCleanup: ptr is nil");
   const void* arg_ptr = nullptr;
   if constexpr (std::is_pointer_v<S>) {

@@ -95,6 +95,9 @@ template <class T, class F>
 void SetFinalizer(T* obj, F&& finalizer, const SourceLocation& where = SourceLocation::Current()) {
   using Fn = std::decay_t<F>;
   static_assert(!std::is_same_v<Fn, std::nullptr_t>, "use SetFinalizer(obj, nullptr) to remove");
+  static_assert(!std::is_integral_v<Fn>,
+                "gofin::SetFinalizer: to remove a finalizer, pass nullptr (NULL and 0 are "
+                "integers in C++)");
   static_assert(std::is_invocable_v<Fn&, T*>,
                 "gofin::SetFinalizer: the finalizer must be callable with the object's pointer "
                 "type T* (or a pointer it converts to: const T*, a base-class pointer, void*)");
