@@ -13,8 +13,8 @@ set -euo pipefail
 what=${1:-test}
 [[ ${GOFIN_NO_SETUP:-0} == 1 ]] && exit 0
 
-run=(build-essential cmake ninja-build)
-test=("${run[@]}" libgtest-dev libgmock-dev googletest pkg-config)
+run=(build-essential cmake ninja-build zlib1g-dev)
+test=("${run[@]}" libgtest-dev libgmock-dev googletest pkg-config nlohmann-json3-dev)
 bench=("${test[@]}" libbenchmark-dev libgc-dev gnuplot-nox)
 docs=(doxygen)
 ci=("${bench[@]}" clang libclang-rt-14-dev)

@@ -49,6 +49,24 @@ constinit std::atomic<std::uint64_t> g_gc_cpu_ns{0};
 constinit std::array<std::atomic<std::uint64_t>, 256> g_pause_ns{};
 constinit std::array<std::atomic<std::uint64_t>, 256> g_pause_end{};
 
+// AddCycleHooks: filled at initialization (release), read by every cycle (acquire).
+constexpr std::size_t kMaxCycleHooks = 4;
+struct CycleHookSlot {
+  std::atomic<void (*)()> mark_done{nullptr};
+  std::atomic<void (*)()> world_restarted{nullptr};
+  std::atomic<void (*)()> sweep_done{nullptr};
+};
+constinit std::array<CycleHookSlot, kMaxCycleHooks> g_cycle_hooks{};
+constinit std::atomic<std::size_t> g_num_cycle_hooks{0};
+
+template <std::atomic<void (*)()> CycleHookSlot::*kMoment>
+void RunCycleHooks() {
+  const std::size_t n = g_num_cycle_hooks.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (void (*fn)() = (g_cycle_hooks[i].*kMoment).load(std::memory_order_acquire)) fn();
+  }
+}
+
 PreemptibleMutex& GcLock() {
   static auto* m = new PreemptibleMutex();  // NOLINT: lives for the process
   return *m;
@@ -234,6 +252,7 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   CollectUserRoots(roots);
   const MarkResult mark = Mark(roots, minor ? 1 : 256);
   const CycleLive cycle_live = EndCycle(minor, mark.bytes_marked);
+  RunCycleHooks<&CycleHookSlot::mark_done>();
   if (CheckFinalizersEnabled()) [[unlikely]]
     CheckFinalizersStopped();
   const std::uint64_t live = cycle_live.live;
@@ -250,6 +269,7 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   if (forced) g_num_forced.fetch_add(1, std::memory_order_relaxed);
   StartTheWorld();
   UnlockUserRoots();
+  RunCycleHooks<&CycleHookSlot::world_restarted>();
   const std::uint64_t t3 = NowNs();
   if (CheckFinalizersEnabled()) [[unlikely]]
     ReportCheckFinalizers();
@@ -347,6 +367,19 @@ CycleCounters Counters() {
   return CycleCounters{g_num_gc.load(), g_num_forced.load(), g_pause_total.load(),
                        g_last_gc.load()};
 }
+
+void AddCycleHooks(const CycleHooks& hooks) {
+  static constinit std::mutex registering;  // layers may initialize on several threads
+  std::lock_guard lock(registering);
+  const std::size_t i = g_num_cycle_hooks.load(std::memory_order_relaxed);
+  if (i == kMaxCycleHooks) std::abort();  // a fixed set of layers registers
+  g_cycle_hooks[i].mark_done.store(hooks.mark_done, std::memory_order_relaxed);
+  g_cycle_hooks[i].world_restarted.store(hooks.world_restarted, std::memory_order_relaxed);
+  g_cycle_hooks[i].sweep_done.store(hooks.sweep_done, std::memory_order_relaxed);
+  g_num_cycle_hooks.store(i + 1, std::memory_order_release);
+}
+
+void CycleSweepDone() { RunCycleHooks<&CycleHookSlot::sweep_done>(); }
 
 void CopyPauses(std::uint64_t (&pause_ns)[256], std::uint64_t (&pause_end)[256]) {  // NOLINT
   for (std::size_t i = 0; i < 256; ++i) {
@@ -449,6 +482,7 @@ namespace {
     std::lock_guard lock(internal::GcLock());
     minor = internal::Collect(true, scan_own_stack, kind);
     internal::FinishSweep();
+    internal::CycleSweepDone();
   }
   // API.md: GC() returns after the destructors its cycle caused. They run on the destructor
   // thread (gc/destructor_queue.hpp); nothing of gofin's is held while this thread waits.

@@ -24,6 +24,21 @@ struct CycleCounters {
 };
 CycleCounters Counters();
 
+// The collector's moments that a layer above follows (the heap profile's three-cycle
+// bookkeeping, Go's mProf_NextCycle / mProf_Flush / mProf_PostSweep). Each function is
+// optional. mark_done runs with the world stopped after the mark (no lock of gofin's may be
+// taken there that a stopped thread could hold); world_restarted runs on the collecting
+// thread right after the restart; sweep_done when GC() has finished the cycle's sweep.
+struct CycleHooks {
+  void (*mark_done)() = nullptr;
+  void (*world_restarted)() = nullptr;
+  void (*sweep_done)() = nullptr;
+};
+// At initialization; at most four sets.
+void AddCycleHooks(const CycleHooks& hooks);
+// Runs the sweep_done hooks (GC() once its sweep is complete).
+void CycleSweepDone();
+
 // Go: memstats.pause_ns / pause_end, the last 256 cycles' stopped time and end, and the
 // collector's CPU time since the program started (Go: gcController's GC CPU).
 void CopyPauses(std::uint64_t (&pause_ns)[256], std::uint64_t (&pause_end)[256]);  // NOLINT
