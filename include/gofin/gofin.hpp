@@ -6,6 +6,7 @@
 #include "gofin/error.hpp"
 #include "gofin/finalizer.hpp"
 #include "gofin/gc.hpp"
+#include "gofin/profile.hpp"
 #include "gofin/root.hpp"
 #include "gofin/testing.hpp"
 #include "gofin/thread.hpp"

@@ -23,4 +23,13 @@ void MaybeStartGC();
 // Go: runtime.GC from the out-of-memory path: one full collection, if this thread may run one.
 bool CollectForOOM();
 
+// Implemented under src/profile/ (Go's mallocgc calls profilealloc likewise). A link-time
+// call, not a registered hook: the heap profile must work in every program that allocates,
+// also one that never names the profile's API (GOFIN_MEMPROFILE).
+// Go: mProf_Malloc. p (its slot of size bytes) was sampled; no guard is held.
+void ProfileAlloc(void* p, std::size_t size);
+// Once, at the first thread's registration: reads GOFIN_MEMPROFILE (a profile written at exit)
+// and readies the profile's special kind and cycle hooks.
+void InitMemProfile();
+
 }  // namespace gofin::internal

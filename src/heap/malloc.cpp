@@ -74,12 +74,13 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
   const std::uintptr_t v = s->ObjBase(idx);
   if (s->needzero) ZeroObject(v, s->elemsize);
   SetDtor(s, idx, dtor, count);
+  (void)c->ChargeSample(v, s->elemsize);
   return v;
 }
 
 // Go: mcache.allocLarge.
-[[gnu::noinline]] std::uintptr_t LargeAlloc(std::size_t size, bool noscan, DtorFn dtor,
-                                            std::size_t count) {
+[[gnu::noinline]] std::uintptr_t LargeAlloc(ThreadCache* c, std::size_t size, bool noscan,
+                                            DtorFn dtor, std::size_t count) {
   if (size > (std::size_t{1} << 46)) return 0;
   const std::size_t npages = (size + kPageSize - 1) >> kPageShift;
   StwGuard guard;
@@ -101,7 +102,16 @@ inline void ZeroObject(std::uintptr_t v, std::size_t size) {
   g_heap.bytes_malloc_large.fetch_add(s->elemsize, std::memory_order_relaxed);
   g_heap.heap_live.fetch_add(s->elemsize, std::memory_order_relaxed);
   FileSweptSpan(s);
+  (void)c->ChargeSample(s->start, s->elemsize);
   return s->start;
+}
+
+// Go: profilealloc. The slow path chose v (size bytes, its slot's size) for the heap profile;
+// it is set up and no guard is held, so the profile may take its locks.
+[[gnu::noinline]] void ProfileSampled(ThreadCache* c) {
+  const std::uintptr_t v = c->sampled;
+  c->sampled = 0;
+  ProfileAlloc(reinterpret_cast<void*>(v), c->sampled_size);
 }
 
 inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigned flags,
@@ -162,7 +172,10 @@ inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigne
         if (v != 0) {
           if (s->needzero) ZeroObject(v, s->elemsize);
           s->dtors[s->freeindex - 1] = DtorSlot{dtor, count};
+          const bool sampled = c->ChargeSample(v, s->elemsize);
           ExitNoPreempt();
+          if (sampled) [[unlikely]]
+            ProfileSampled(c);
           return reinterpret_cast<void*>(v);
         }
       }
@@ -170,9 +183,13 @@ inline __attribute__((always_inline)) void* MallocOnce(std::size_t size, unsigne
       v = SmallSlow(c, spc, dtor, count, 0);
     }
   } else {
-    v = LargeAlloc(size, noscan, dtor, count);
+    v = LargeAlloc(c, size, noscan, dtor, count);
   }
-  if (v != 0) AfterSlowPath();
+  if (v != 0) {
+    if (c->sampled != 0) [[unlikely]]
+      ProfileSampled(c);
+    AfterSlowPath();
+  }
   return reinterpret_cast<void*>(v);
 }
 

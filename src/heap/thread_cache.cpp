@@ -5,6 +5,7 @@
 
 #include "heap/central.hpp"
 #include "heap/heap.hpp"
+#include "heap/hooks.hpp"
 
 namespace gofin::internal {
 
@@ -58,26 +59,63 @@ std::uintptr_t ThreadCache::TakeRun(SpanClass spc) {
   Span* s = alloc[spc.value];
   std::uint32_t count = 0;
   // The previous run is used up (its objects all handed out): nothing of it is to be given
-  // back, even when the span turns out full (NextFreeIndex then moves freeindex to the end).
+  // back, even when the span turns out full (NextFreeIndex then moves freeindex to the end),
+  // except the objects sampling cut off it, which the walk below must find again: the first
+  // of them is the sampled object.
+  if (const AllocRun& prev = runs[spc.value]; prev.span == s && prev.claimed_end > prev.end) {
+    s->ReturnRunTail(static_cast<std::uint32_t>((prev.claimed_end - s->start) / s->elemsize));
+  }
   runs[spc.value] = AllocRun{};
   const std::uint32_t first = s->NextFreeRun(count);
   if (first == s->nelems) return 0;
   const std::uintptr_t v = s->ObjBase(first);
-  const std::uintptr_t end = v + count * s->elemsize;
-  if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, end - v);
-  runs[spc.value] = AllocRun{v + s->elemsize, end, s->elemsize, s};
+  const std::uintptr_t claimed_end = v + count * s->elemsize;
+  if (s->needzero) std::memset(reinterpret_cast<void*>(v), 0, claimed_end - v);
+  // Go charges each object as it is allocated; the run is charged whole now (ReturnRun gives
+  // back what was not handed out), and ends before the object that crosses the next sample
+  // point, which the next call then returns as v.
+  (void)ChargeSample(v, s->elemsize);
+  std::uintptr_t end = claimed_end;
+  const auto rest = static_cast<std::int64_t>(end - v - s->elemsize);
+  if (next_sample >= rest) {
+    next_sample -= rest;
+  } else {
+    const auto k = static_cast<std::uintptr_t>(next_sample) / s->elemsize;
+    end = v + (k + 1) * s->elemsize;
+    next_sample -= static_cast<std::int64_t>(k * s->elemsize);
+  }
+  runs[spc.value] = AllocRun{v + s->elemsize, end, s->elemsize, s, claimed_end};
   return v;
 }
 
 void ThreadCache::ReturnRun(SpanClass spc) {
   AllocRun& r = runs[spc.value];
   if (r.span != nullptr) {
-    r.span->ReturnRunTail(static_cast<std::uint32_t>((r.end - r.span->start) / r.span->elemsize));
+    r.span->ReturnRunTail(
+        static_cast<std::uint32_t>((r.claimed_end - r.span->start) / r.span->elemsize));
+    // What was charged and not handed out is not allocated: the sample point moves back.
+    if (r.end > r.next) next_sample += static_cast<std::int64_t>(r.end - r.next);
   }
   r = AllocRun{};
 }
 
+bool ThreadCache::SampleSlow(std::uintptr_t v, std::size_t n) {
+  const int rate = MemProfileRate();
+  if (rate != sample_rate) {
+    // The first use, or a new rate: a fresh distance, which this object is charged against.
+    sample_rate = rate;
+    next_sample = NextSample(rate, sample_rng) - static_cast<std::int64_t>(n);
+    if (next_sample >= 0) return false;
+  }
+  next_sample = NextSample(rate, sample_rng);
+  if (rate == 0) return false;
+  sampled = v;
+  sampled_size = n;
+  return true;
+}
+
 ThreadCache* NewThreadCache() {
+  InitMemProfile();
   std::lock_guard lock(g_heap.lock);
   if (!g_heap.arenas.Initialized()) g_heap.arenas.Init();
   ThreadCache* c = g_heap.cache_alloc.Alloc();

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "heap/sampling.hpp"
 #include "heap/size_classes.hpp"
 #include "heap/span.hpp"
 
@@ -19,6 +20,9 @@ struct AllocRun {
   std::uintptr_t end = 0;
   std::uintptr_t elemsize = 0;
   Span* span = nullptr;  // the span the run lies in, whose freeindex follows next
+  // Where the run the span gave ends: past end when the heap profile's sampling cut the run
+  // short (heap/sampling.hpp); those objects are the span's again once the run is used up.
+  std::uintptr_t claimed_end = 0;
 
   // Hands out the run's next object; the caller checked next < end.
   std::uintptr_t Take() {
@@ -39,6 +43,15 @@ struct ThreadCache {
   std::uintptr_t tiny = 0;
   std::size_t tiny_offset = 0;
   std::uint64_t tiny_allocs = 0;
+  // Go: nextSample / memProfRate (heap/sampling.hpp). Bytes to allocate before the next
+  // sampled allocation, the rate it was drawn at, and the generator's state.
+  std::int64_t next_sample = 0;
+  int sample_rate = -1;
+  std::uint64_t sample_rng = 0;
+  // Set by the slow path to the object it is returning when that one is sampled: the
+  // allocation then profiles it once the object is set up (outside every guard).
+  std::uintptr_t sampled = 0;
+  std::size_t sampled_size = 0;
   ThreadCache* next = nullptr;  // all caches, for the collector's flush
 
   ThreadCache();
@@ -53,6 +66,19 @@ struct ThreadCache {
   std::uintptr_t TakeRun(SpanClass spc);
   // Gives the unused rest of spc's run back to its span.
   void ReturnRun(SpanClass spc);
+  // Go: the nextSample test of mallocgc, for one object of n bytes allocated at v: true when
+  // it is to be sampled (sampled is then v).
+  // Only the slow paths call it: the rate's load costs nothing there.
+  bool ChargeSample(std::uintptr_t v, std::size_t n) {
+    next_sample -= static_cast<std::int64_t>(n);
+    if (next_sample >= 0 && sample_rate == g_mem_profile_rate.load(std::memory_order_relaxed))
+        [[likely]]
+      return false;
+    return SampleSlow(v, n);
+  }
+
+ private:
+  bool SampleSlow(std::uintptr_t v, std::size_t n);
 };
 
 // Go: emptymspan. A span with no free objects that every empty cache slot points at, so the
