@@ -349,9 +349,11 @@ TEST_F(HeapProfile, GoToolPprofReadsIt) {
     std::ofstream out(path, std::ios::binary);
     gofin::pprof::WriteHeapProfile(out);
   }
-  const auto [inuse, ok1] = RunCommand("go tool pprof -top -sample_index=inuse_objects " + path);
+  const auto [inuse, ok1] =
+      RunCommand("go tool pprof -top -nodefraction=0 -sample_index=inuse_objects " + path);
   ASSERT_TRUE(ok1) << inuse;
-  const auto [alloc, ok2] = RunCommand("go tool pprof -top -sample_index=alloc_objects " + path);
+  const auto [alloc, ok2] =
+      RunCommand("go tool pprof -top -nodefraction=0 -sample_index=alloc_objects " + path);
   ASSERT_TRUE(ok2) << alloc;
   SCOPED_TRACE("inuse_objects:\n" + inuse + "\nalloc_objects:\n" + alloc);
   EXPECT_EQ(FlatOf(inuse, "TopAllocLive"), kLive);
