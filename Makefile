@@ -2,7 +2,7 @@
 # live in build/<preset>/.
 #
 #   make            build the release preset
-#   make run        build the demo (release), run it with GOFIN_DEBUG=gctrace=1
+#   make run        build the demo (release), run it with a gctrace and a GC timeline file
 #   make test       build release, run ctest --preset release
 #   (each target first installs the Debian packages it needs: scripts/setup.sh)
 #   make debug      build + test the debug preset
@@ -62,7 +62,8 @@ run:
 	$(CMAKE) --preset release
 	$(CMAKE) --build --preset release -j $(JOBS) --target gofin_demo
 	@test -x $(DEMO_BIN) || { echo "error: $(DEMO_BIN) was not built (demo/demo.cpp missing or GOFIN_BUILD_DEMO=OFF)" >&2; exit 1; }
-	GOFIN_DEBUG=gctrace=1 ./$(DEMO_BIN)
+	GOFIN_DEBUG=gctrace=1 GOFIN_TRACE=$(DEMO_BIN).trace.json ./$(DEMO_BIN)
+	@echo "GC timeline: $(DEMO_BIN).trace.json (open it at ui.perfetto.dev or chrome://tracing)"
 
 test: build
 	$(CTEST) --preset release

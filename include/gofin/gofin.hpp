@@ -10,4 +10,5 @@
 #include "gofin/root.hpp"
 #include "gofin/testing.hpp"
 #include "gofin/thread.hpp"
+#include "gofin/trace.hpp"
 #include "gofin/weak.hpp"

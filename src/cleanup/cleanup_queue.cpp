@@ -20,6 +20,7 @@
 #include "heap/fixalloc.hpp"
 #include "heap/lock.hpp"
 #include "heap/published.hpp"
+#include "trace/trace.hpp"
 
 namespace gofin::internal {
 
@@ -175,7 +176,12 @@ void CleanupThread() {
         q.sleeping.fetch_sub(1, std::memory_order_relaxed);
       }
     }
+    // The timeline: one event per block this thread ran cleanups from.
+    const trace::BatchStart trace_batch = trace::BeginBatch();
     const std::uint64_t ran = RunBlock(q, b);
+    if (trace_batch.start != 0) trace::Batch(trace::Event::kCleanups, trace_batch, ran);
+    // Holding nothing: the timeline may be written from here (before the wipe below).
+    trace::FlushIfDue();
     // What the cleanups left below this frame and in scratch registers would keep their
     // boxes' referents alive (bdwgc: GC_clear_stack); cleared before they count as run, so
     // that BlockUntilEmptyCleanupQueue never returns with them still there.

@@ -17,6 +17,7 @@
 #include "gofin/finalizer.hpp"
 #include "heap/fixalloc.hpp"
 #include "heap/published.hpp"
+#include "trace/trace.hpp"
 
 namespace gofin::internal {
 
@@ -122,10 +123,16 @@ void RunFinalizers() {
       st.finq = nullptr;
       st.running = true;
     }
+    // The timeline: an event per block, or per millisecond of fast blocks (trace_buffer.hpp).
+    trace::BatchRun trace_run(trace::Event::kFinalizers);
     while (batch != nullptr) {
+      // Counted before they run (the sweep does not add to a taken block).
+      const std::uint32_t trace_count =
+          trace_run.Active() ? batch->cnt.load(std::memory_order_relaxed) : 0;
       for (std::uint32_t i = batch->cnt.load(std::memory_order_relaxed); i > 0; --i) {
         RunOne(st, batch, i);
       }
+      trace_run.BlockRan(trace_count);
       FinBlock* next = batch->next;
       {
         std::lock_guard lock(st.lock);
@@ -134,6 +141,10 @@ void RunFinalizers() {
       }
       batch = next;
     }
+    // Between batches, holding nothing: the timeline may be written from here (before the
+    // wipe, which clears what the writer's frames leave too).
+    trace_run.End();
+    trace::FlushIfDue();
     ClearDeadStack();
   }
 }

@@ -30,6 +30,7 @@
 #include "heap/hooks.hpp"
 #include "heap/options.hpp"
 #include "specials/check_finalizers.hpp"
+#include "trace/trace.hpp"
 
 // The stack walks below read other threads' frames, which the sanitizers would flag.
 #define GOFIN_COLLECTOR_NO_SANITIZE __attribute__((no_sanitize("address", "thread")))
@@ -242,7 +243,14 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   // threads that register before the stop: nothing is allocated while the world is stopped.
   roots.Reserve(2 * RegisteredThreadCount() + 4096);
   LockUserRoots();
+  // The timeline's stop runs from the request to the restart; the heap as the cycle found it.
+  const std::uint64_t trace_stop = trace::Begin();
+  if (trace_stop != 0) trace::HeapCounter(trace_stop, heap_before, ThePacer().Goal());
   StopTheWorld();
+  const std::uint64_t trace_stopped = trace::Begin();
+  // Before the mark: the workers' events, and the sweep and queues after the restart, carry
+  // the number this cycle will have in NumGC.
+  trace::SetCycle(g_num_gc.load(std::memory_order_relaxed) + 1);
   const std::uint64_t t1 = NowNs();
   if (!dl_hold.Consistent()) DropUnmappedDataSegments(roots);
   FlushAllCaches();
@@ -251,6 +259,7 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   AddThreadRoots(roots, sp, cycle.scan_own_stack);
   CollectUserRoots(roots);
   const MarkResult mark = Mark(roots, minor ? 1 : 256);
+  const std::uint64_t trace_marked = trace::Begin();
   const CycleLive cycle_live = EndCycle(minor, mark.bytes_marked);
   RunCycleHooks<&CycleHookSlot::mark_done>();
   if (CheckFinalizersEnabled()) [[unlikely]]
@@ -267,7 +276,16 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   g_heap.sweepgen.fetch_add(2, std::memory_order_release);
   const std::uint64_t n = g_num_gc.fetch_add(1, std::memory_order_relaxed) + 1;
   if (forced) g_num_forced.fetch_add(1, std::memory_order_relaxed);
+  const std::uint64_t trace_restart = trace::Begin();
   StartTheWorld();
+  if (trace_stop != 0) {
+    const std::uint64_t restarted = trace::Now();
+    trace::MarkTermination(trace_marked, trace_restart, n, live, ThePacer().Goal(), minor);
+    trace::StopTheWorld(trace::StopReason::kCollection, n, trace_stop, trace_stopped, trace_restart,
+                        restarted, RegisteredThreadCount(), minor, forced);
+    trace::HeapCounter(restarted, g_heap.heap_live.load(std::memory_order_relaxed),
+                       ThePacer().Goal());
+  }
   UnlockUserRoots();
   RunCycleHooks<&CycleHookSlot::world_restarted>();
   const std::uint64_t t3 = NowNs();
@@ -334,6 +352,8 @@ bool Collect(bool forced, bool scan_own_stack = true, CycleKind kind = CycleKind
   CycleArgs args{forced, scan_own_stack,
                  forced && kind == CycleKind::kPaced ? CycleKind::kFull : kind};
   gofin_spill_registers_and_call(&args, &RunCycle);
+  // The timeline's records of this cycle to the file, now that no stop is under way.
+  trace::FlushIfDue();
   return args.was_minor;
 }
 
@@ -360,6 +380,9 @@ void EnsureCollectorInitialized() {
     InitGenerations();
     AddExtraRootsHook(&MarkDestructorQueueRoots);
     pthread_atfork(nullptr, nullptr, &AfterForkInChild);
+    // The timeline: an exiting thread's buffer goes back to the writer; GOFIN_TRACE starts it.
+    AddThreadExitHook(&trace::OnThreadExit);
+    trace::StartFromEnv(EnvRaw("GOFIN_TRACE"));
   });
 }
 
@@ -433,10 +456,19 @@ void WithWorldStopped(void (*fn)(void*), void* arg, StopKind kind) {
   }
   std::lock_guard lock(GcLock());
   const std::uint64_t t0 = NowNs();
+  const std::uint64_t trace_stop = trace::Begin();
   StopTheWorld();
+  const std::uint64_t trace_stopped = trace::Begin();
   FlushAllCaches();
   fn(arg);
+  const std::uint64_t trace_restart = trace::Begin();
   StartTheWorld();
+  if (trace_stop != 0) {
+    trace::StopTheWorld(kind == StopKind::kCollectorWork ? trace::StopReason::kCollectorWork
+                                                         : trace::StopReason::kRead,
+                        g_num_gc.load(std::memory_order_relaxed), trace_stop, trace_stopped,
+                        trace_restart, trace::Now(), RegisteredThreadCount(), false, false);
+  }
   if (kind == StopKind::kCollectorWork) {
     // The collector's own stop after its cycle (freeing destroyed objects): part of the most
     // recent cycle's pause, as Go adds up every stop of a cycle.

@@ -24,6 +24,7 @@
 #include "heap/lock.hpp"
 #include "heap/published.hpp"
 #include "heap/safepoint.hpp"
+#include "trace/trace.hpp"
 
 namespace gofin::internal {
 
@@ -94,9 +95,12 @@ DtorQueue& Queue() { return PublishedOnce(g_queue); }
 // Runs a chain of blocks taken off the queue and returns how many destructors ran.
 [[gnu::noinline]] std::uint64_t RunChain(DtorQueue& q, DtorBlock* chain) {
   std::uint64_t n = 0;
+  // The timeline: an event per block, or per millisecond of fast blocks (trace_buffer.hpp).
+  trace::BatchRun trace_run(trace::Event::kDestructors);
   while (chain != nullptr) {
     const std::uint32_t cnt = chain->cnt.load(std::memory_order_relaxed);
     for (std::uint32_t i = cnt; i > 0; --i) RunOne(chain, i);
+    trace_run.BlockRan(cnt);
     n += cnt;
     DtorBlock* next = chain->next;
     {
@@ -153,6 +157,8 @@ void DestructorThread() {
     // has destructors would otherwise hold each object for two cycles, and its heap would
     // grow by that much (a brief stop, no mark). Small chains wait for GC() or the sweep.
     if (n >= kFreeAfter) FreeDestroyed();
+    // Holding nothing: the timeline may be written from here (before the wipe below).
+    trace::FlushIfDue();
     // What the destructors and the freeing left below this frame and in scratch registers
     // would keep whatever is allocated at those addresses next (bdwgc: GC_clear_stack): the
     // frames of the wait below were found holding a freed object's address, which then kept

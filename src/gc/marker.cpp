@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "heap/heap.hpp"
+#include "trace/trace.hpp"
 
 // The scanning loops read whatever words roots and objects hold (memory the sanitizers would
 // flag), and under the fuzzer's coverage instrumentation they would make a callback per word of
@@ -141,6 +142,9 @@ void ForEachMarkedScanObject(MarkWorker& w) {
 }
 
 void RunWorker(MarkPhase& ph, int id) {
+  // The timeline: each worker's share of the phase, on its own thread (the world is stopped:
+  // the record goes to the thread's buffer, nothing more).
+  const std::uint64_t trace_start = trace::Begin();
   WorkQueue q(ph.pool);
   MarkWorker w(q, ph.overflow, /*exclusive=*/ph.nworkers == 1);
   if (ph.rescan) {
@@ -193,6 +197,7 @@ void RunWorker(MarkPhase& ph, int id) {
   }
   q.Dispose();
   ph.bytes_marked.fetch_add(w.BytesMarked(), std::memory_order_relaxed);
+  if (trace_start != 0) trace::Mark(trace_start, trace::Now(), id, w.BytesMarked(), ph.rescan);
 }
 
 void WorkerThread(int id) {

@@ -12,6 +12,7 @@
 #include "heap/central.hpp"
 #include "heap/heap.hpp"
 #include "heap/hooks.hpp"
+#include "trace/trace.hpp"
 
 namespace gofin::internal {
 
@@ -94,6 +95,7 @@ void BackgroundSweeper() {
       done = b.requested;
     }
     // Go: bgsweep. One span per guard, so a collection waits for at most one span.
+    const trace::SweepScope trace_scope(trace::SweepBy::kBackground);
     std::size_t cursor = 0;
     for (;;) {
       StwGuard guard;
@@ -101,6 +103,7 @@ void BackgroundSweeper() {
       if (s == nullptr) break;
       SweepOneClaimed(s);
     }
+    trace::CloseSweepRun();
     // Go: bgscavenge, folded in: return idle memory beyond the goal to the OS.
     const std::uint64_t goal = g_scavenge_goal.load(std::memory_order_relaxed);
     if (goal != 0) {
@@ -108,6 +111,8 @@ void BackgroundSweeper() {
       std::lock_guard lock(g_heap.lock);
       g_heap.pages.ScavengeTo(goal, g_heap.arenas);
     }
+    // Outside every guard, before it sleeps: the timeline may be written from here.
+    trace::FlushIfDue();
   }
 }
 
@@ -122,6 +127,8 @@ void SetScavengeGoal(std::uint64_t bytes) {
 }
 
 bool SweepSpan(Span* s, bool preserve) {
+  // The timeline: this span joins the thread's run of swept spans (trace_buffer.hpp).
+  trace::SpanSweepTimer trace_sweep;
   const std::uint32_t sg = g_heap.sweepgen.load(std::memory_order_relaxed);
   const bool keep_marks = SweepKeepsMarks();
   // The marks as the mark phase left them, when the specials sweep may add some: an object it
@@ -148,6 +155,8 @@ bool SweepSpan(Span* s, bool preserve) {
     }
     g_heap.nfree_large.fetch_add(1, std::memory_order_relaxed);
     g_heap.bytes_free_large.fetch_add(s->elemsize, std::memory_order_relaxed);
+    trace_sweep.Freed(1, s->elemsize);
+    trace_sweep.SpanFreed();
     s->sweepgen.store(sg, std::memory_order_release);
     FreeSpanToHeap(s);
     EndSweep();
@@ -158,6 +167,7 @@ bool SweepSpan(Span* s, bool preserve) {
   // the old allocation bits, cleared, become the next cycle's mark bits.
   const std::size_t nalloc = PopCount(s->mark_bits, s->nelems);
   const std::size_t nfreed = s->alloc_count - nalloc;
+  trace_sweep.Freed(nfreed, nfreed * s->elemsize);
   std::swap(s->alloc_bits, s->mark_bits);
   if (keep_marks) {
     // Sticky marks (gc/generations.hpp): the survivors stay marked as old objects.
@@ -180,6 +190,7 @@ bool SweepSpan(Span* s, bool preserve) {
   EndSweep();
   if (preserve) return true;
   if (nalloc == 0) {
+    trace_sweep.SpanFreed();
     FreeSpanToHeap(s);
     return false;
   }
@@ -257,6 +268,7 @@ void DestroyedFreer::FinishSpan() {
 }
 
 void FinishSweep() {
+  const trace::SweepScope trace_scope(trace::SweepBy::kFinish);
   std::size_t cursor = 0;
   for (;;) {
     StwGuard guard;
