@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "heap/hooks.hpp"
 #include "heap/malloc.hpp"
 #include "heap/span.hpp"
 #include "specials/special.hpp"
@@ -185,6 +186,9 @@ class SpecialsEnv : public ::testing::Environment {
     // These tests take every kind over with recorders, the heap profile's too: no sampled
     // allocation may add a profile record of its own to their objects.
     gofin::SetMemProfileRate(0);
+    // The profile registers its kind at the first thread's registration: before the tests
+    // take the kinds over, not in the middle of one.
+    gofin::internal::InitMemProfile();
     gofin::internal::InitSpecials();
   }
   void TearDown() override { gofin::debug::SetGCPercent(old_); }
