@@ -227,13 +227,18 @@ constinit thread_local RecordCache t_record_cache __attribute__((tls_model("init
 void FlushRecordCache() { t_record_cache.FlushAll(); }
 
 // Go: spanHasSpecials / spanHasNoSpecials. Relaxed: the bit is only read with the world
-// stopped, after the stop's handshake.
+// stopped, after the stop's handshake. Go clears the bit whenever a span's last record goes;
+// gofin leaves it set when a record is removed (Cleanup::Stop, removing a finalizer) and lets
+// the next mark clear it (MarkSpecials), so that a program that adds and removes one record
+// over and over pays a load, not two locked instructions, per pair.
 void SetSpanHasSpecials(Span* s, bool has) {
   HeapArena* a = g_heap.arenas.ArenaOf(s->start);
   const std::size_t pg = PageInArena(s->start);
   const auto bit = static_cast<std::uint8_t>(1U << (pg % 8));
   if (has) {
-    a->page_specials[pg / 8].fetch_or(bit, std::memory_order_relaxed);
+    if ((a->page_specials[pg / 8].load(std::memory_order_relaxed) & bit) == 0) {
+      a->page_specials[pg / 8].fetch_or(bit, std::memory_order_relaxed);
+    }
   } else {
     a->page_specials[pg / 8].fetch_and(static_cast<std::uint8_t>(~bit), std::memory_order_relaxed);
   }
@@ -276,7 +281,8 @@ void MarkSpecials(MarkWorker& w, std::atomic<std::size_t>& next_unit) {
   for (;;) {
     const std::size_t u = next_unit.fetch_add(1, std::memory_order_relaxed);
     if (u >= units) break;
-    HeapArena* a = g_heap.arenas.ArenaOf((lo + u / kUnitsPerArena) << kArenaShift);
+    const std::uintptr_t arena_base = (lo + u / kUnitsPerArena) << kArenaShift;
+    HeapArena* a = g_heap.arenas.ArenaOf(arena_base);
     if (a == nullptr) continue;
     const std::size_t first_byte = (u % kUnitsPerArena) * kUnitBytes;
     for (std::size_t byte = first_byte; byte < first_byte + kUnitBytes; ++byte) {
@@ -284,8 +290,16 @@ void MarkSpecials(MarkWorker& w, std::atomic<std::size_t>& next_unit) {
       while (bits != 0) {
         const int b = __builtin_ctz(bits);
         bits = static_cast<std::uint8_t>(bits & (bits - 1));
-        Span* s = a->SpanAt(byte * 8 + static_cast<std::size_t>(b));
-        if (s == nullptr || s->state != SpanState::kInUse || s->special_count == 0) continue;
+        const std::size_t page = byte * 8 + static_cast<std::size_t>(b);
+        Span* s = a->SpanAt(page);
+        if (s == nullptr || s->state != SpanState::kInUse || s->special_count == 0 ||
+            s->start != arena_base + page * kPageSize) {
+          // A bit left set by a removal (SetSpanHasSpecials), or for a span since freed: the
+          // world is stopped, no record can be added meanwhile.
+          a->page_specials[byte].fetch_and(static_cast<std::uint8_t>(~(1U << b)),
+                                           std::memory_order_relaxed);
+          continue;
+        }
         w.SetSpanHint(s);
         for (std::size_t i = 0; i < s->nelems; ++i) {
           PrefetchRecordAhead(s, i);
@@ -493,7 +507,7 @@ Special* RemoveSpecialIf(const void* p, SpecialKind kind,
         if (x->offset == offset && x->kind == kind && match(x, ctx)) {
           *link = x->next;
           x->next = nullptr;
-          if (--span->special_count == 0) SetSpanHasSpecials(span, false);
+          --span->special_count;  // the span's bit stays: the next mark clears it
           found = x;
           break;
         }
