@@ -3,6 +3,7 @@
 // invalid GOGC is ignored, not read as 0).
 #include <gtest/gtest.h>
 #include <stdlib.h>  // setenv, unsetenv
+#include <unistd.h>
 
 #include <climits>
 #include <cstdint>
@@ -131,3 +132,23 @@ TEST(Options, DebugKeysAreFoundInAList) {
 }
 
 }  // namespace
+
+// GOFIN_TRACE and GOFIN_MEMPROFILE: "%p" becomes the process id, so that children that inherit
+// the variable write files of their own.
+TEST(Options, PathsExpandThePid) {
+  const std::string pid = std::to_string(getpid());
+  {
+    const EnvValue v("/tmp/gc-%p.json");
+    EXPECT_EQ(gofin::internal::EnvPath(kVar), "/tmp/gc-" + pid + ".json");
+  }
+  {
+    const EnvValue v("%p%p-%d/x");
+    EXPECT_EQ(gofin::internal::EnvPath(kVar), pid + pid + "-%d/x");
+  }
+  {
+    const EnvValue v("plain.json");
+    EXPECT_EQ(gofin::internal::EnvPath(kVar), "plain.json");
+  }
+  unsetenv(kVar);
+  EXPECT_EQ(gofin::internal::EnvPath(kVar), "");
+}

@@ -382,7 +382,7 @@ void EnsureCollectorInitialized() {
     pthread_atfork(nullptr, nullptr, &AfterForkInChild);
     // The timeline: an exiting thread's buffer goes back to the writer; GOFIN_TRACE starts it.
     AddThreadExitHook(&trace::OnThreadExit);
-    trace::StartFromEnv(EnvRaw("GOFIN_TRACE"));
+    trace::StartFromEnv(EnvPath("GOFIN_TRACE").c_str());
   });
 }
 

@@ -1,5 +1,7 @@
 #include "heap/options.hpp"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <climits>
 #include <cstdio>
@@ -30,6 +32,17 @@ const char* EnvRaw(const char* name) { return secure_getenv(name); }
 
 void WarnMalformedEnv(const char* name, const char* value, const char* why) {
   std::fprintf(stderr, "gofin: ignoring %s=%s: %s\n", name, value, why);
+}
+
+std::string EnvPath(const char* name) {
+  const char* raw = EnvRaw(name);
+  std::string path = raw == nullptr ? "" : raw;
+  const std::string pid = std::to_string(getpid());
+  for (std::size_t at = path.find("%p"); at != std::string::npos; at = path.find("%p", at)) {
+    path.replace(at, 2, pid);
+    at += pid.size();
+  }
+  return path;
 }
 
 std::optional<std::int64_t> EnvInteger(const char* name, std::int64_t lo, std::int64_t hi) {

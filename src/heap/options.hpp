@@ -5,11 +5,16 @@
 // with one warning on stderr that names the variable, and the default stays (Go's rule).
 #include <cstdint>
 #include <optional>
+#include <string>
 
 namespace gofin::internal {
 
 // The raw value, or nullptr when unset (or in a privileged process).
 const char* EnvRaw(const char* name);
+// A file path from the environment (GOFIN_TRACE, GOFIN_MEMPROFILE) with each "%p" replaced by
+// the process id, so that the children of a program, which inherit the variable, each write
+// a file of their own (LLVM_PROFILE_FILE's convention); "" when unset.
+std::string EnvPath(const char* name);
 // A whole decimal number in [lo, hi].
 std::optional<std::int64_t> EnvInteger(const char* name, std::int64_t lo, std::int64_t hi);
 // 1/0, on/off, true/false, yes/no.

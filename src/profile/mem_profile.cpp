@@ -196,11 +196,11 @@ void PostSweep() {
 }
 
 void WriteProfileAtExit() {
-  const char* path = EnvRaw("GOFIN_MEMPROFILE");
-  if (path == nullptr || *path == '\0') return;
+  const std::string path = EnvPath("GOFIN_MEMPROFILE");
+  if (path.empty()) return;
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) {
-    std::fprintf(stderr, "gofin: GOFIN_MEMPROFILE: cannot write %s: %s\n", path,
+    std::fprintf(stderr, "gofin: GOFIN_MEMPROFILE: cannot write %s: %s\n", path.c_str(),
                  std::strerror(errno));
     return;
   }
