@@ -415,6 +415,9 @@ static void test_memstats(void) {
   CHECK(after.next_gc > 0);
   CHECK(after.pause_total_ns > 0);
 
+  gofin_read_memstats(NULL); /* misuse: nothing written, a message */
+  CHECK_ERROR("gofin_read_memstats: out is nil");
+
   const int prev = gofin_set_gc_percent(50);
   CHECK(gofin_set_gc_percent(prev) == 50);
   const int64_t limit = gofin_set_memory_limit(-1);
