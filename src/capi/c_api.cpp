@@ -23,9 +23,12 @@
 #include <string>
 #include <unordered_map>
 
+#include "gc/preemptible_mutex.hpp"
 #include "gofin/gofin.h"
 #include "gofin/gofin.hpp"
 #include "heap/heap.hpp"
+#include "heap/malloc.hpp"
+#include "heap/safepoint.hpp"
 
 namespace gofin::internal {
 namespace {
@@ -77,7 +80,9 @@ class CleanupTable {
   }
 
  private:
-  std::mutex mu_;  // never held while user code runs
+  // Never held while user code runs; preemptible, so that a thread waiting for it (a cleanup
+  // thread in Invoke) stays stoppable while the holder is parked for a collection.
+  PreemptibleMutex mu_;
   std::unordered_map<std::uint64_t, std::uintptr_t> map_;
 };
 
@@ -167,20 +172,32 @@ void* gofin_malloc(size_t bytes) noexcept {
 }
 
 void* gofin_malloc_noscan(size_t bytes) noexcept {
-  return Guard<void*>(nullptr, [&] { return gofin::AllocNoScan(bytes); });
+  // Never a tiny block shared with other small allocations: gofin_realloc needs each block to
+  // start at its own slot (bdwgc's GC_MALLOC_ATOMIC does not combine either).
+  return Guard<void*>(nullptr, [&] {
+    if (bytes == SIZE_MAX) throw std::bad_alloc();
+    return gofin::detail::Malloc(
+        bytes + 1,
+        gofin::detail::kAllocNoScan | gofin::detail::kAllocPadded | gofin::detail::kAllocNoTiny,
+        nullptr, 0);
+  });
 }
 
 void* gofin_realloc(void* p, size_t bytes) noexcept {
   if (p == nullptr) return gofin_malloc(bytes);
-  using gofin::internal::g_heap;
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  const gofin::internal::Span* span = g_heap.arenas.SpanOfHeap(a);
-  if (span == nullptr || span->ObjBase(span->ObjIndex(a)) != a) {
-    SetError("gofin_realloc: pointer not at beginning of allocated block");
-    return nullptr;
+  bool noscan = false;
+  std::size_t old_size = 0;
+  {
+    // No collection while the block is looked at (FindObject's alloc bit is exact).
+    const gofin::internal::NoPreempt np;
+    const gofin::internal::ObjectRef ref = gofin::internal::FindObject(p);
+    if (ref.span == nullptr || ref.base != reinterpret_cast<std::uintptr_t>(p)) {
+      SetError("gofin_realloc: pointer not at beginning of allocated block");
+      return nullptr;
+    }
+    noscan = ref.span->spanclass.NoScan();
+    old_size = ref.span->elemsize;
   }
-  const bool noscan = span->spanclass.NoScan();
-  const std::size_t old_size = span->elemsize;
   void* q = noscan ? gofin_malloc_noscan(bytes) : gofin_malloc(bytes);
   if (q == nullptr) return nullptr;
   // The old block is at least old_size long and the new one at least bytes: copying the

@@ -246,6 +246,8 @@ void RunCycle(void* arg, std::uintptr_t sp) {
   // The timeline's stop runs from the request to the restart; the heap as the cycle found it.
   const std::uint64_t trace_stop = trace::Begin();
   if (trace_stop != 0) trace::HeapCounter(trace_stop, heap_before, ThePacer().Goal());
+  // Go's pause includes the time to stop the threads, as WithWorldStopped's does.
+  const std::uint64_t t_stop = NowNs();
   StopTheWorld();
   const std::uint64_t trace_stopped = trace::Begin();
   // Before the mark: the workers' events, and the sweep and queues after the restart, carry
@@ -287,11 +289,13 @@ void RunCycle(void* arg, std::uintptr_t sp) {
                        ThePacer().Goal());
   }
   UnlockUserRoots();
-  RunCycleHooks<&CycleHookSlot::world_restarted>();
   const std::uint64_t t3 = NowNs();
+  // After t3: what the hooks do (the heap profile's flush may wait for a reader) is not part
+  // of the pause.
+  RunCycleHooks<&CycleHookSlot::world_restarted>();
   if (CheckFinalizersEnabled()) [[unlikely]]
     ReportCheckFinalizers();
-  const std::uint64_t pause = t3 - t1;
+  const std::uint64_t pause = t3 - t_stop;
   g_pause_total.fetch_add(pause, std::memory_order_relaxed);
   const auto end_unix =
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "gc/collector.hpp"
+#include "gc/destructor_queue.hpp"
 #include "gc/stop_the_world.hpp"
 #include "gofin/detail/runtime.hpp"
 #include "heap/fixalloc.hpp"
@@ -144,6 +145,10 @@ bool RegisterThread() {
   } else {
     t_exit_guard.armed = true;
   }
+  // The destructor thread exists before the first collection, which would otherwise create
+  // it (RunCycle) on whatever stack collects: a coroutine's 16 KiB stack is too small for
+  // pthread_create under AddressSanitizer. A registration runs on the thread's own stack.
+  StartDestructorThread();
   return true;
 }
 

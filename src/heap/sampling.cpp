@@ -62,7 +62,8 @@ int SetMemProfileRate(int rate) {
 }
 
 std::int64_t NextSample(int rate, std::uint64_t& rng) {
-  if (rate == 0) return std::numeric_limits<std::int64_t>::max();
+  // "Never", with room for ThreadCache::ReturnRun's refunds (a run's bytes) to be added.
+  if (rate == 0) return std::numeric_limits<std::int64_t>::max() / 2;
   if (rate == 1) return 0;
   // Go: fastexprand. x = -ln(q) * mean for q uniform in (0, 1]; Go caps the mean so that the
   // largest step (about 20 means) fits an int32, and so does gofin.

@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "gc/collector.hpp"
+#include "gc/preemptible_mutex.hpp"
 #include "gofin/profile.hpp"
 #include "heap/hooks.hpp"
 #include "heap/options.hpp"
@@ -54,17 +55,21 @@ struct Bucket {
 };
 
 // Go: buckhash. Lookups walk the chains without a lock (acquire), insertions take
-// g_insert_lock; buckets are only ever added.
+// g_insert_lock; buckets are only ever added. The table is mapped at initialization, not a
+// static array: the collector scans the data and bss segments as roots at every cycle, and
+// 512 KiB of bucket pointers (which are not heap pointers) would be scanned for nothing.
 constexpr std::size_t kHashSize = std::size_t{1} << 16;
-constinit std::array<std::atomic<Bucket*>, kHashSize> g_hash{};
+using HashTable = std::array<std::atomic<Bucket*>, kHashSize>;
+constinit std::atomic<HashTable*> g_hash{nullptr};
 constinit std::atomic<Bucket*> g_all{nullptr};
-constinit std::mutex g_insert_lock;
+// Preemptible (gc/preemptible_mutex.hpp): a thread waiting for these stays stoppable.
+constinit PreemptibleMutex g_insert_lock;
 // Bucket memory: carved from metadata chunks under g_insert_lock.
 std::uintptr_t g_chunk_next = 0;
 std::uintptr_t g_chunk_end = 0;
 
 // Go: profMemActiveLock. Taken by flushes and reads; never inside a stop.
-constinit std::mutex g_active_lock;
+constinit PreemptibleMutex g_active_lock;
 
 // Go: mProfCycleHolder: the cycle number times two, plus one once it was flushed.
 constinit std::atomic<std::uint32_t> g_cycle{0};
@@ -103,7 +108,9 @@ Bucket* NewBucket(const std::uintptr_t* pcs, int n, std::size_t size, std::uint6
 // Go: stkbucket(memProfile, size, stk, alloc=true).
 Bucket* FindOrAddBucket(const std::uintptr_t* pcs, int n, std::size_t size) {
   const std::uint64_t h = HashStack(pcs, n, size);
-  std::atomic<Bucket*>& head = g_hash[h & (kHashSize - 1)];
+  HashTable* table = g_hash.load(std::memory_order_acquire);
+  if (table == nullptr) return nullptr;
+  std::atomic<Bucket*>& head = (*table)[h & (kHashSize - 1)];
   auto matches = [&](const Bucket* b) {
     return b->hash == h && b->size == size && b->nstk == n &&
            std::memcmp(b->stk, pcs, static_cast<std::size_t>(n) * sizeof(std::uintptr_t)) == 0;
@@ -212,7 +219,7 @@ void WriteProfileAtExit() {
 }
 
 constinit std::atomic<bool> g_ready{false};
-constinit std::mutex g_init_lock;
+constinit PreemptibleMutex g_init_lock;
 
 }  // namespace
 
@@ -221,6 +228,10 @@ void InitMemProfile() {
     return;
   std::lock_guard lock(g_init_lock);
   if (g_ready.load(std::memory_order_relaxed)) return;
+  // Zero-filled, as the table's empty heads must be; without it no sample is recorded.
+  if (void* t = os::MapMetadata(sizeof(HashTable))) {
+    g_hash.store(static_cast<HashTable*>(t), std::memory_order_release);
+  }
   SpecialKindOps ops;
   ops.objects_dead = &ProfileRecordsDead;
   RegisterSpecialKind(SpecialKind::kProfile, ops);

@@ -87,6 +87,20 @@ static void test_allocation(void) {
   holder = gofin_realloc(holder, 64 * sizeof(void*));
   CHECK(holder[0] != NULL);
 
+  /* Small pointer-free blocks each start their own slot: each reallocs, and the new block
+     holds that block's bytes, zeros after them. */
+  char* small[8];
+  for (int i = 0; i < 8; ++i) {
+    small[i] = gofin_malloc_noscan(3);
+    memcpy(small[i], "XY", 2);
+  }
+  for (int i = 0; i < 8; ++i) {
+    char* r = gofin_realloc(small[i], 64);
+    CHECK(r != NULL && memcmp(r, "XY", 2) == 0);
+    for (int j = 16; r != NULL && j < 64; ++j) CHECK(r[j] == 0);
+  }
+  CHECK(gofin_realloc(u, 100) != NULL); /* a realloc'd block reallocs again */
+
   int local = 0;
   CHECK(gofin_realloc(&local, 8) == NULL);
   CHECK_ERROR("gofin_realloc: pointer not at beginning of allocated block");
