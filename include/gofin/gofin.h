@@ -17,6 +17,8 @@
 #error "gofin.h needs C11 or later (-std=c11)"
 #endif
 
+/* A C header: C's headers and typedefs, also when C++ includes it. */
+/* NOLINTBEGIN(modernize-deprecated-headers,modernize-use-using) */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -182,5 +184,6 @@ gofin_cleanup gofin_add_cleanup_at(void* obj, void (*fn)(void* arg), void* arg, 
 }  // extern "C"
 #endif
 #undef GOFIN_NOEXCEPT
+/* NOLINTEND(modernize-deprecated-headers,modernize-use-using) */
 
 #endif /* GOFIN_GOFIN_H */

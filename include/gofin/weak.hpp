@@ -28,8 +28,9 @@ void* HandleValue(void* handle) noexcept;
 // Go: weak.Pointer[T]. One word (the handle); copyable; == compares identity (the same object
 // and offset). A default Pointer is nil. It never keeps its object alive, and may be kept
 // anywhere (also in memory the collector does not scan).
+// One assignment operator by value serves copy and move (copy-and-swap).
 template <class T>
-class Pointer {
+class Pointer {  // NOLINT(cppcoreguidelines-special-member-functions)
  public:
   Pointer() = default;
   Pointer(const Pointer& o) noexcept : handle_(o.handle_) {

@@ -45,8 +45,11 @@ class PreemptibleLock {
     LockPreemptibly(m);
     lock_ = std::unique_lock<std::mutex>(m, std::adopt_lock);
   }
+  ~PreemptibleLock() = default;  // lock_ unlocks
   PreemptibleLock(const PreemptibleLock&) = delete;
   PreemptibleLock& operator=(const PreemptibleLock&) = delete;
+  PreemptibleLock(PreemptibleLock&&) = delete;
+  PreemptibleLock& operator=(PreemptibleLock&&) = delete;
   std::unique_lock<std::mutex>& get() { return lock_; }
 
  private:

@@ -51,7 +51,7 @@ struct Bucket {
   std::int64_t free_bytes = 0;
   std::array<CycleCounts, 3> future;
   int nstk = 0;
-  std::uintptr_t stk[1];  // NOLINT(modernize-avoid-c-arrays): nstk entries follow
+  std::uintptr_t stk[1] = {};  // NOLINT(modernize-avoid-c-arrays): nstk entries follow
 };
 
 // Go: buckhash. Lookups walk the chains without a lock (acquire), insertions take

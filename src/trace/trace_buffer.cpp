@@ -36,7 +36,8 @@ struct Chunk {
   std::atomic<std::uint32_t> count{0};
   std::atomic<Chunk*> next{nullptr};
   static constexpr std::size_t kRecords = (kBytes - 64) / sizeof(Record);
-  alignas(64) Record records[kRecords];
+  // Left unwritten on purpose (mmap gave zeros): only the owner fills them, one at a time.
+  alignas(64) Record records[kRecords];  // NOLINT(cppcoreguidelines-pro-type-member-init)
 };
 static_assert(sizeof(Chunk) <= Chunk::kBytes);
 
