@@ -45,7 +45,7 @@ for s in "${srcs[@]}" tests/fuzz/fuzz_api.cpp; do
   fi
 done
 for p in "${pids[@]}"; do wait "$p"; done
-"$CXX" "${flags[@]}" "${objs[@]}" -o "$out/fuzz_api" -ldl
+"$CXX" "${flags[@]}" "${objs[@]}" -o "$out/fuzz_api" -ldl -lz
 
 cp -n tests/fuzz/corpus/* "$out/corpus/" 2>/dev/null || true
 echo "==> running for ${secs}s"
