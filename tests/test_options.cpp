@@ -7,6 +7,11 @@
 
 #include <climits>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <regex>
+#include <set>
 #include <string>
 
 #include "heap/options.hpp"
@@ -151,4 +156,36 @@ TEST(Options, PathsExpandThePid) {
   }
   unsetenv(kVar);
   EXPECT_EQ(gofin::internal::EnvPath(kVar), "");
+}
+
+// Every GOFIN_* variable the library reads has its row in the README's environment table, and
+// every row names a variable the library reads: the table is the users' only list of them.
+TEST(Options, ReadmeListsEveryVariableTheLibraryReads) {
+  namespace fs = std::filesystem;
+  const fs::path root = GOFIN_SOURCE_DIR;
+  const std::regex literal("\"(GOFIN_[A-Z_]+)\"");
+  std::set<std::string> read;
+  for (const auto& entry : fs::recursive_directory_iterator(root / "src")) {
+    if (!entry.is_regular_file()) continue;
+    std::ifstream in(entry.path());
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    for (std::sregex_iterator it(text.begin(), text.end(), literal), end; it != end; ++it) {
+      read.insert((*it)[1]);
+    }
+  }
+  ASSERT_FALSE(read.empty());
+  std::ifstream readme(root / "README.md");
+  ASSERT_TRUE(readme) << "README.md not found under " << root;
+  const std::regex row(R"(^\| `(GOFIN_[A-Z_]+)` \|)");
+  std::set<std::string> documented;
+  for (std::string line; std::getline(readme, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, row)) documented.insert(m[1]);
+  }
+  for (const std::string& v : read) {
+    EXPECT_TRUE(documented.count(v) != 0) << v << " is read in src/ but has no README row";
+  }
+  for (const std::string& v : documented) {
+    EXPECT_TRUE(read.count(v) != 0) << v << " has a README row but src/ never reads it";
+  }
 }
