@@ -774,12 +774,16 @@ std::string Describe(const ForkResult& r) {
     (void)mine;
   });
   std::thread churn;
+  std::atomic<long> churn_rounds{0};
+  gofin_test::Notifier churned;
   if (busy) {
     churn = std::thread([&] {
       while (!stop.load()) {
         for (int i = 0; i < 1000; ++i) gofin::New<Link>();
         gofin::SetFinalizer(gofin::New<Link>(), [](Link*) {});
         if (std::rand() % 8 == 0) gofin::GC();
+        churn_rounds.fetch_add(1);
+        churned.Notify();
       }
     });
   }
@@ -790,7 +794,12 @@ std::string Describe(const ForkResult& r) {
       std::fprintf(stderr, "fork %d: child %s\n", k, Describe(r).c_str());
       ++failed;
     }
-    if (busy) std::this_thread::sleep_for(std::chrono::milliseconds(std::rand() % 20));
+    if (busy) {
+      // The next fork after a random amount of the other thread's work (0 to 7 rounds), so
+      // that forks land at varied points of its allocation, finalizers and collections.
+      const long target = churn_rounds.load() + std::rand() % 8;
+      churned.WaitFor(10s, [&] { return churn_rounds.load() >= target; });
+    }
   }
   stop = true;
   stop_idle.Set();

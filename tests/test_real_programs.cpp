@@ -11,6 +11,7 @@
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mman.h>
@@ -36,6 +37,7 @@
 
 #include "gc/stop_the_world.hpp"
 #include "test_support.hpp"
+#include "test_wait.hpp"
 
 extern char** environ;
 
@@ -404,16 +406,17 @@ TEST_F(RealPrograms, SigprofProfilerOnAnAlternateStackFreesNothingReachable) {
 // 3. A stop signal that cannot be queued (RLIMIT_SIGPENDING = 0: every real-time signal
 // sent with tgkill fails with EAGAIN).
 
-std::atomic<bool> g_hold_release{false};
-std::atomic<bool> g_holding{false};
+// Bounded waits a collection can stop (test_wait.hpp): the holder waits scanned.
+gofin_test::Event g_hold_release;
+gofin_test::Event g_holding;
 [[gnu::noinline]] bool HoldUntilReleased() {
   volatile std::uintptr_t enc = NewFinalized();
   Obj* volatile held = Decode(enc);
   enc = 0;
   ClobberStack();
-  g_holding.store(true);
-  while (!g_hold_release.load()) std::this_thread::sleep_for(1ms);
-  const bool ok = held->value == 42;
+  g_holding.Set();
+  const bool released = g_hold_release.WaitFor(std::chrono::seconds(60));
+  const bool ok = released && held->value == 42;
   gofin::KeepAlive(held);
   return ok;
 }
@@ -426,10 +429,10 @@ TEST_F(RealPrograms, StopSignalThatCannotBeQueuedStillStopsAndScansTheThread) {
         if (setrlimit(RLIMIT_SIGPENDING, &none) != 0) ChildExit(false);
         bool ok = true;
         std::thread t([&] { ok = HoldUntilReleased(); });
-        while (!g_holding.load()) std::this_thread::yield();
+        if (!g_holding.WaitFor(std::chrono::seconds(30))) ChildExit(false);
         CollectAndDrain();
         const int early = g_fins.load();
-        g_hold_release.store(true);
+        g_hold_release.Set();
         t.join();
         ChildExit(ok && early == 0 && WaitForFinalizers(1));
       },
@@ -550,6 +553,9 @@ TEST_F(RealPrograms, DlcloseDuringCollectionsDoesNotCrash) {
 // 7. pthread_cancel while threads create and destroy Roots (gofin's waits are no
 // cancellation points).
 
+std::atomic<int> g_cancel_rounds{0};
+gofin_test::Event g_cancel_ready;
+
 TEST_F(RealPrograms, PthreadCancelOfThreadsUsingRootsDoesNotTerminate) {
   EXPECT_EXIT(
       {
@@ -559,6 +565,8 @@ TEST_F(RealPrograms, PthreadCancelOfThreadsUsingRootsDoesNotTerminate) {
           while (!stop.load()) gofin::GC();
         });
         for (int round = 0; round < 10; ++round) {
+          g_cancel_rounds.store(0);
+          g_cancel_ready.Reset();
           std::vector<pthread_t> threads(4);
           for (auto& t : threads) {
             pthread_create(
@@ -569,12 +577,14 @@ TEST_F(RealPrograms, PthreadCancelOfThreadsUsingRootsDoesNotTerminate) {
                       gofin::Root<Obj> r(gofin::New<Obj>());
                       gofin::KeepAlive(r.get());
                     }
+                    if (g_cancel_rounds.fetch_add(1) + 1 == 4 * 8) g_cancel_ready.Set();
                     pthread_testcancel();
                   }
                 },
                 nullptr);
           }
-          std::this_thread::sleep_for(20ms);
+          // Every thread is busy with its Roots (8 rounds each, on average) when cancelled.
+          if (!g_cancel_ready.WaitFor(std::chrono::seconds(30))) ChildExit(false);
           for (auto& t : threads) pthread_cancel(t);
           for (auto& t : threads) pthread_join(t, nullptr);
         }
@@ -614,10 +624,10 @@ TEST_F(RealPrograms, ThreadThatBlocksAllSignalsStillStops) {
             if (sigtimedwait(&all, &info, &ts) == gofin::internal::StopSignal()) ChildExit(false);
           }
         });
-        while (!g_holding.load()) std::this_thread::yield();
+        if (!g_holding.WaitFor(std::chrono::seconds(30))) ChildExit(false);
         CollectAndDrain();
         const int early = g_fins.load();
-        g_hold_release.store(true);
+        g_hold_release.Set();
         t.join();
         waiter_stop.store(true);
         waiter.join();
@@ -647,7 +657,11 @@ TEST_F(RealPrograms, FinalizerThreadStartedWithSignalsBlockedDoesNotHangCollecti
 }
 
 std::atomic<int> g_foreign{0};
-void ForeignHandler(int /*sig*/) { g_foreign.fetch_add(1); }
+sem_t g_foreign_sem;  // posted by the handler: sem_post is async-signal-safe
+void ForeignHandler(int /*sig*/) {
+  g_foreign.fetch_add(1);
+  sem_post(&g_foreign_sem);
+}
 
 TEST_F(RealPrograms, ForeignHandlerOnTheStopSignalIsReportedAndForwarded) {
   EXPECT_EXIT(
@@ -655,21 +669,25 @@ TEST_F(RealPrograms, ForeignHandlerOnTheStopSignalIsReportedAndForwarded) {
         alarm(30);
         gofin::GC();  // gofin's handler is installed
         struct sigaction sa {};
+        sem_init(&g_foreign_sem, 0, 0);
         sa.sa_handler = &ForeignHandler;
         sigemptyset(&sa.sa_mask);
         sigaction(gofin::internal::StopSignal(), &sa, nullptr);
         bool ok = true;
         std::thread t([&] { ok = HoldUntilReleased(); });
-        while (!g_holding.load()) std::this_thread::yield();
+        if (!g_holding.WaitFor(std::chrono::seconds(30))) ChildExit(false);
         CollectAndDrain();
         const int early = g_fins.load();
         // The program's own use of the signal still reaches its handler.
         const int before = g_foreign.load();
         kill(getpid(), gofin::internal::StopSignal());
-        for (int i = 0; i < 1000 && g_foreign.load() == before; ++i) {
-          std::this_thread::sleep_for(1ms);
+        timespec deadline{};
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 10;
+        while (g_foreign.load() == before && sem_timedwait(&g_foreign_sem, &deadline) != 0 &&
+               errno == EINTR) {
         }
-        g_hold_release.store(true);
+        g_hold_release.Set();
         t.join();
         ChildExit(ok && early == 0 && g_foreign.load() > before && WaitForFinalizers(1));
       },
@@ -705,10 +723,10 @@ TEST_F(RealPrograms, StopSignalChosenByTheEnvironment) {
     EXPECT_EQ(gofin::internal::StopSignal(), expected);
     bool ok = true;
     std::thread t([&] { ok = HoldUntilReleased(); });
-    while (!g_holding.load()) std::this_thread::yield();
+    ASSERT_TRUE(g_holding.WaitFor(std::chrono::seconds(30)));
     CollectAndDrain();
     EXPECT_EQ(g_fins.load(), 0);
-    g_hold_release.store(true);
+    g_hold_release.Set();
     t.join();
     EXPECT_TRUE(ok);
     return;
@@ -717,30 +735,12 @@ TEST_F(RealPrograms, StopSignalChosenByTheEnvironment) {
        {std::pair<std::string, int>{"SIGRTMIN+3", SIGRTMIN + 3},
         std::pair<std::string, int>{"SIGUSR2", SIGUSR2},
         std::pair<std::string, int>{std::to_string(SIGRTMAX - 1), SIGRTMAX - 1}}) {
-    std::vector<std::string> env_storage;
-    for (char** e = environ; *e != nullptr; ++e) env_storage.emplace_back(*e);
-    env_storage.push_back("GOFIN_STOP_SIGNAL=" + value);
-    env_storage.push_back("GOFIN_TEST_EXPECT_SIGNAL=" + std::to_string(sig));
-    std::vector<char*> envp;
-    for (auto& s : env_storage) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    std::string filter = "--gtest_filter=RealPrograms.StopSignalChosenByTheEnvironment";
-    char self[] = "/proc/self/exe";
-    char* argv[] = {self, filter.data(), nullptr};
-    pid_t pid = 0;
-    ASSERT_EQ(posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv, envp.data()), 0);
-    int status = 0;
-    bool exited = false;
-    for (int i = 0; i < 3000 && !exited; ++i) {
-      exited = waitpid(pid, &status, WNOHANG) == pid;
-      if (!exited) std::this_thread::sleep_for(10ms);
-    }
-    if (!exited) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-    }
-    EXPECT_TRUE(exited) << value;
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << value;
+    EXPECT_EQ(gofin_test::RunSelfFiltered(
+                  "RealPrograms.StopSignalChosenByTheEnvironment",
+                  {"GOFIN_STOP_SIGNAL=" + value, "GOFIN_TEST_EXPECT_SIGNAL=" + std::to_string(sig)},
+                  std::chrono::seconds(30)),
+              0)
+        << value;
   }
 }
 

@@ -3,6 +3,12 @@
 // and a wipe of the dead stack below the caller (conservative scanning: a stale word there
 // would keep an object alive).
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -10,11 +16,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <gofin/gofin.hpp>
 #include <initializer_list>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 namespace gofin_test {
 
@@ -141,6 +150,48 @@ inline int Load(const std::atomic<int>& a) { return a.load(); }
 
 inline void Zero(std::initializer_list<std::atomic<int>*> counters) {
   for (std::atomic<int>* c : counters) c->store(0);
+}
+
+// Runs this test binary again on the tests `filter` selects (--gtest_filter), in the
+// environment plus `env` ("NAME=value" entries, which replace the inherited ones of the same
+// name). Returns the child's exit status, or -1 if it could not start, did not exit within
+// `timeout` (it is killed) or died of a signal. The wait blocks on a pidfd (poll with the
+// timeout), not in a loop of sleeps; without pidfds it blocks in waitpid.
+inline int RunSelfFiltered(const std::string& filter, const std::vector<std::string>& env,
+                           std::chrono::milliseconds timeout) {
+  std::vector<std::string> storage;
+  for (char** e = environ; *e != nullptr; ++e) {
+    bool replaced = false;
+    for (const std::string& x : env) {
+      const std::size_t eq = x.find('=');
+      if (std::strncmp(*e, x.c_str(), eq + 1) == 0) replaced = true;
+    }
+    if (!replaced) storage.emplace_back(*e);
+  }
+  storage.insert(storage.end(), env.begin(), env.end());
+  std::vector<char*> envp;
+  for (auto& x : storage) envp.push_back(x.data());
+  envp.push_back(nullptr);
+  std::string arg = "--gtest_filter=" + filter;
+  char self[] = "/proc/self/exe";
+  char* argv[] = {self, arg.data(), nullptr};
+  pid_t pid = 0;
+  if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv, envp.data()) != 0) return -1;
+  const int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+  if (fd >= 0) {
+    pollfd p{fd, POLLIN, 0};
+    int r = 0;
+    do {
+      r = poll(&p, 1, static_cast<int>(timeout.count()));
+    } while (r < 0 && errno == EINTR);  // a collection's stop signal
+    close(fd);
+    if (r == 0) kill(pid, SIGKILL);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
 }
 
 }  // namespace gofin_test

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "test_support.hpp"
+#include "trace/trace_writer.hpp"
 
 extern char** environ;
 
@@ -440,32 +441,9 @@ TEST(Trace, ASecondTraceHoldsNothingOfTheFirst) {
 
 // Runs this test binary again, as a program started with GOFIN_TRACE=path, on one test.
 int RunChild(const std::string& test, const std::string& path, const std::string& mode) {
-  std::vector<std::string> env_storage;
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "GOFIN_TRACE", 11) != 0) env_storage.emplace_back(*e);
-  }
-  env_storage.push_back("GOFIN_TRACE=" + path);
-  env_storage.push_back("GOFIN_TRACE_TEST_CHILD=" + mode);
-  std::vector<char*> envp;
-  for (auto& s : env_storage) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string filter = "--gtest_filter=TraceChild." + test;
-  char self[] = "/proc/self/exe";
-  char* argv[] = {self, filter.data(), nullptr};
-  pid_t pid = 0;
-  if (posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, argv, envp.data()) != 0) return -1;
-  int status = 0;
-  bool exited = false;
-  for (int i = 0; i < 12000 && !exited; ++i) {  // two minutes
-    exited = waitpid(pid, &status, WNOHANG) == pid;
-    if (!exited) std::this_thread::sleep_for(10ms);
-  }
-  if (!exited) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return gofin_test::RunSelfFiltered("TraceChild." + test,
+                                     {"GOFIN_TRACE=" + path, "GOFIN_TRACE_TEST_CHILD=" + mode},
+                                     std::chrono::minutes(2));
 }
 
 // The child: a short program traced through GOFIN_TRACE, which ends with exit(0) (the exit
@@ -479,10 +457,12 @@ TEST(TraceChild, ExitsWithoutStop) {
     MakeDroppedObjects(50);
   });
   gofin::GC();
-  // The writer flushes at most every 10 ms, after a cycle: the second GC's records are
-  // written by the time it returns.
-  std::this_thread::sleep_for(30ms);
   gofin::GC();
+  // What the writer writes between cycles (at most every 10 ms), written now: the file as a
+  // flush leaves it.
+  gofin::internal::trace::LockWriter();
+  if (gofin::internal::trace::FileOpen()) gofin::internal::trace::WriteBuffered();
+  gofin::internal::trace::UnlockWriter();
   std::fflush(nullptr);
   if (std::string(mode) == "exit") std::exit(0);
   _exit(0);
